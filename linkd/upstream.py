@@ -1,0 +1,136 @@
+"""Calls from linkd to a platform: one shared Tornado client, strict by default.
+
+Every call has the configured timeout, never follows a redirect, goes only to
+a host the provider allows, caps the answer's size, and turns any network
+error, timeout, non-2xx status or non-JSON body into a `ProviderError` whose
+message is safe to show (no URL with a code or token in it).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import urllib.parse
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+from .errors import ProviderError
+
+log = logging.getLogger("linkd.upstream")
+MAX_BODY = 2 * 1024 * 1024
+
+
+@dataclass
+class UpstreamResponse:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ProviderError("The platform answered with something that is not JSON.") from exc
+
+
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def base_url_problem(url: str) -> str | None:
+    """Why `url` may not serve as a provider base URL (https, or http on loopback only)."""
+    parsed = urllib.parse.urlsplit(url.replace("{shop}", "shop.example"))
+    if parsed.scheme == "https" and parsed.hostname:
+        return None
+    if parsed.scheme == "http" and is_loopback_host(parsed.hostname):
+        return None
+    return "must be an https:// URL (http:// is accepted for a loopback host only)"
+
+
+class Upstream:
+    """The HTTP client providers use. One per process, shared by every provider."""
+
+    def __init__(self, timeout: float, client: AsyncHTTPClient | None = None, max_clients: int = 256) -> None:
+        self.timeout = timeout
+        self.client = client or AsyncHTTPClient(max_clients=max_clients, force_instance=True, max_body_size=MAX_BODY)
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        form: Mapping[str, str] | None = None,
+        json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        allowed_hosts: Iterable[str] | None = None,
+        ok_statuses: Iterable[int] = (),
+    ) -> UpstreamResponse:
+        """One call; 2xx (or `ok_statuses`) comes back, anything else raises ProviderError.
+
+        A non-2xx answer raises ProviderError with `.data["response"]` set, so a
+        provider can read the platform's error shape (e.g. `invalid_grant`).
+        """
+        if params:
+            url = f"{url}{'&' if '?' in url else '?'}{urllib.parse.urlencode(params)}"
+        split = urllib.parse.urlsplit(url)
+        if allowed_hosts is not None and split.netloc not in set(allowed_hosts):
+            raise ProviderError("Refused to call a host this provider does not use.")
+        all_headers = {"Accept": "application/json", "User-Agent": "linkd"}
+        body: bytes | None = None
+        if form is not None:
+            body = urllib.parse.urlencode(form).encode()
+            all_headers["Content-Type"] = "application/x-www-form-urlencoded"
+        elif json_body is not None:
+            body = json.dumps(json_body).encode()
+            all_headers["Content-Type"] = "application/json"
+        all_headers.update(headers or {})
+        request = HTTPRequest(
+            url,
+            method=method,
+            headers=all_headers,
+            body=body,
+            allow_nonstandard_methods=True,
+            follow_redirects=False,
+            connect_timeout=self.timeout,
+            request_timeout=self.timeout,
+            decompress_response=True,
+        )
+        where = f"{method} {split.scheme}://{split.netloc}{split.path}"  # never the query: it may hold a code
+        try:
+            response = await self.client.fetch(request, raise_error=False)
+        except HTTPClientError as exc:  # pragma: no cover - raise_error=False makes this rare
+            log.warning("upstream call failed: %s status=%s", where, exc.code)
+            raise ProviderError() from None
+        except Exception as exc:  # network errors, timeouts, oversized bodies
+            log.warning("upstream call failed: %s error=%s", where, type(exc).__name__)
+            raise ProviderError() from None
+        result = UpstreamResponse(response.code, dict(response.headers), response.body or b"")
+        if response.code == 599:
+            reason = type(response.error).__name__ if response.error else "error"
+            log.warning("upstream call failed: %s error=%s", where, reason)
+            raise ProviderError()
+        if not (200 <= response.code < 300 or response.code in set(ok_statuses)):
+            log.warning("upstream call answered %s: %s", response.code, where)
+            raise ProviderError(response=result)
+        return result
+
+    async def get_json(self, url: str, **kw: Any) -> Any:
+        return (await self.request("GET", url, **kw)).json()
+
+    async def post_json(self, url: str, **kw: Any) -> Any:
+        return (await self.request("POST", url, **kw)).json()
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,310 @@
+"""The HTTP face of linkd: thin handlers that parse, delegate and respond.
+
+Errors are mapped to responses in one place (`BaseHandler.write_error`); security
+headers are set in one place (`BaseHandler.set_default_headers`). The provider
+segment of a URL only ever matches a registered, enabled name.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import tornado.web
+
+from .errors import LinkdError, NotFound, StoreBusy, StoreUnavailable, UnknownProvider
+from .logs import log_request, request_id
+from .provider import Args, WebhookRequest
+from .service import CoreWebhookActions, Services
+
+log = logging.getLogger("linkd.web")
+TEMPLATES = Path(__file__).parent / "templates"
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+MAX_QUERY_FIELDS = 200
+MAX_QUERY_LENGTH = 8192
+SEGMENT = r"([^/]{1,64})"
+CSP = "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; frame-ancestors 'none'"
+
+
+def parse_args(query: str) -> Args:
+    """Strictly decoded arguments: invalid UTF-8, control characters or too many fields are a 400."""
+    from .errors import BadRequest
+
+    if len(query) > MAX_QUERY_LENGTH:
+        raise BadRequest("The request's query is too long.")
+    try:
+        pairs = urllib.parse.parse_qsl(
+            query, keep_blank_values=True, encoding="utf-8", errors="strict", max_num_fields=MAX_QUERY_FIELDS
+        )
+    except (UnicodeDecodeError, ValueError):
+        raise BadRequest("The request's parameters are malformed.") from None
+    for key, value in pairs:
+        if CONTROL_CHARS.search(key) or CONTROL_CHARS.search(value):
+            raise BadRequest("The request's parameters contain control characters.")
+    return Args(pairs)
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    @property
+    def services(self) -> Services:
+        services: Services = self.application.settings["services"]
+        return services
+
+    # request plumbing ---------------------------------------------------------------
+    def prepare(self) -> None:
+        rid = secrets.token_hex(6)
+        request_id.set(rid)
+        self.set_header("X-Request-Id", rid)
+
+    def set_default_headers(self) -> None:
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("Content-Security-Policy", CSP)
+        self.set_header("X-Frame-Options", "DENY")
+        if self.services.settings.https:
+            self.set_header("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+        self.clear_header("Server")
+
+    def wants_json(self) -> bool:
+        accept = self.request.headers.get("Accept", "")
+        return "application/json" in accept and "text/html" not in accept
+
+    def args(self) -> Args:
+        return parse_args(self.request.query)
+
+    def session_cookie(self) -> str | None:
+        return self.get_cookie(self.services.settings.cookie_name)
+
+    def set_session_cookie(self, value: str) -> None:
+        settings = self.services.settings
+        self.set_cookie(
+            settings.cookie_name,
+            value,
+            path="/",
+            httponly=True,
+            secure=settings.https,
+            samesite="Lax",
+            max_age=settings.session_ttl,
+        )
+
+    def clear_session_cookie(self) -> None:
+        settings = self.services.settings
+        self.set_cookie(
+            settings.cookie_name, "", path="/", httponly=True, secure=settings.https, samesite="Lax", max_age=0
+        )
+
+    def render_page(self, template: str, status: int = 200, **kw: Any) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "text/html; charset=UTF-8")
+        self.render(template, settings=self.services.settings, **kw)
+
+    def write_json(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(tornado.escape.json_encode(data))
+
+    # the one place errors become responses -------------------------------------------------
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, LinkdError):
+            level = logging.WARNING if value.status >= 500 else logging.INFO
+            log.log(level, "%s %s -> %s %s", self.request.method, self.request.path, value.status, value.code)
+        elif isinstance(value, tornado.web.HTTPError):
+            log.info("%s %s -> %s", self.request.method, self.request.path, value.status_code)
+        else:
+            log.error("unhandled %s on %s %s", typ.__name__, self.request.method, self.request.path, exc_info=True)
+
+    def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, LinkdError):
+            status_code = exc.status
+        super().send_error(status_code, **kwargs)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, LinkdError):
+            code, message = exc.code, exc.message
+            if isinstance(exc, StoreBusy):
+                self.set_header("Retry-After", str(exc.retry_after))
+        elif isinstance(exc, tornado.web.HTTPError) and status_code < 500:
+            code = {403: "forbidden", 404: "not_found", 405: "method_not_allowed"}.get(status_code, "bad_request")
+            message = self._reason or "The request was refused."
+            if status_code == 403:
+                message = "The form expired or came from another site. Please reload the page and try again."
+        else:
+            status_code, code, message = 500, "internal_error", "Something went wrong on our side."
+        self.set_status(status_code)
+        self.clear_header("Content-Type")
+        if self.wants_json():
+            self.finish({"error": code, "message": message})
+        else:
+            self.render_page("error.html", status=status_code, code=code, message=message)
+
+
+class NotFoundHandler(BaseHandler):
+    def prepare(self) -> None:
+        super().prepare()
+        raise NotFound()
+
+
+class IndexHandler(BaseHandler):
+    async def get(self) -> None:
+        services = self.services
+        session = await services.sessions.resolve(self.session_cookie())
+        user_uuid = session.user_uuid if session else None
+        accounts = await self._accounts(user_uuid)
+        providers = services.registry.enabled()
+        if self.wants_json():
+            self.xsrf_token  # noqa: B018 - sets the XSRF cookie for JSON clients that will POST
+            self.write_json(
+                {
+                    "status": "ok",
+                    "providers": [e.name for e in providers],
+                    "user_uuid": user_uuid,
+                    "accounts": accounts,
+                }
+            )
+            return
+        self.render_page("index.html", providers=providers, user_uuid=user_uuid, accounts=accounts)
+
+    async def _accounts(self, user_uuid: str | None) -> list[dict[str, Any]]:
+        if not user_uuid:
+            return []
+        from .crypto import USER_INDEX
+        from .store.base import ConnectionFilter
+
+        user = await self.services.store.get_user(self.services.keyring.digests(USER_INDEX, user_uuid))
+        if user is None:
+            return []
+        rows = await self.services.store.list_connections(ConnectionFilter(user_id=user.id, limit=500))
+        return [
+            {"id": r.id, "provider": r.provider, "account_id": r.account_id, "name": r.name, "kind": r.kind,
+             "status": r.status, "parent_id": r.parent_id}
+            for r in rows
+        ]
+
+
+class LoginHandler(BaseHandler):
+    async def get(self, provider: str, account: str | None = None) -> None:
+        start = await self.services.linker.start(provider, self.args(), account, self.session_cookie())
+        if start.new_cookie:
+            self.set_session_cookie(start.new_cookie)
+        self.redirect(start.redirect_url)
+
+
+class CallbackHandler(BaseHandler):
+    async def get(self, provider: str) -> None:
+        done = await self.services.linker.complete(provider, self.args(), self.session_cookie())
+        if done.new_cookie:
+            self.set_session_cookie(done.new_cookie)
+        else:
+            self.clear_session_cookie()
+        if self.wants_json():
+            self.write_json({"user_uuid": done.user_uuid, "provider": done.provider, "accounts": done.accounts})
+        elif self.services.settings.success_url:
+            self.redirect(self.services.settings.success_url)
+        else:
+            entry = self.services.registry.entry(provider)
+            self.render_page("done.html", done=done, title=entry.cls.display_name())
+
+
+class LogoutHandler(BaseHandler):
+    async def post(self) -> None:
+        session = await self.services.sessions.resolve(self.session_cookie())
+        await self.services.sessions.end(session)
+        self.clear_session_cookie()
+        if self.wants_json():
+            self.write_json({"status": "ok"})
+        else:
+            self.redirect("/")
+
+
+class WebhookHandler(BaseHandler):
+    def check_xsrf_cookie(self) -> None:
+        """Platforms sign their webhooks; the provider verifies that instead."""
+
+    async def post(self, provider_name: str, kind: str | None = None) -> None:
+        provider = self.services.registry.get(provider_name)
+        request = WebhookRequest(
+            kind=kind,
+            headers=dict(self.request.headers.get_all()),
+            body=self.request.body,
+            args=self.args(),
+        )
+        result = await provider.webhook(request, CoreWebhookActions(self.services, provider_name))
+        self.set_status(result.status)
+        if isinstance(result.body, dict):
+            self.write_json(result.body, result.status)
+        else:
+            if result.content_type:
+                self.set_header("Content-Type", result.content_type)
+            self.finish(result.body or "")
+
+
+class DeletionStatusHandler(BaseHandler):
+    async def get(self, provider: str, code: str) -> None:
+        self.services.registry.get(provider)
+        if not re.fullmatch(r"[0-9a-f]{20}", code):
+            raise NotFound()
+        row = await self.services.store.get_deletion(provider, code)
+        if row is None:
+            raise NotFound()
+        body = {"confirmation_code": row.code, "provider": row.provider, "status": row.status}
+        if self.wants_json():
+            self.write_json(body)
+        else:
+            self.render_page("deletion.html", deletion=body)
+
+
+class HealthHandler(BaseHandler):
+    async def get(self) -> None:
+        try:
+            await self.services.store.ping()
+        except (StoreUnavailable, StoreBusy):
+            self.write_json({"status": "unavailable"}, 503)
+            return
+        self.write_json({"status": "ok"})
+
+
+def provider_routes() -> list[tuple[str, type[BaseHandler]]]:
+    return [
+        (r"/" + SEGMENT + r"/login", LoginHandler),
+        (r"/" + SEGMENT + r"/" + SEGMENT + r"/login", LoginHandler),
+        (r"/" + SEGMENT + r"/callback", CallbackHandler),
+        (r"/" + SEGMENT + r"/webhook", WebhookHandler),
+        (r"/" + SEGMENT + r"/webhook/" + SEGMENT, WebhookHandler),
+        (r"/" + SEGMENT + r"/deletion/" + SEGMENT, DeletionStatusHandler),
+    ]
+
+
+def make_app(services: Services, extra_handlers: list[Any] | None = None) -> tornado.web.Application:
+    """The Tornado application over built services; `extra_handlers` come first (API, sandbox)."""
+    handlers: list[Any] = list(extra_handlers or [])
+    handlers += [
+        (r"/", IndexHandler),
+        (r"/healthz", HealthHandler),
+        (r"/logout", LogoutHandler),
+    ]
+    handlers += provider_routes()
+    https = services.settings.https
+    return tornado.web.Application(
+        handlers,
+        template_path=str(TEMPLATES),
+        static_path=str(Path(__file__).parent / "static"),
+        xsrf_cookies=True,
+        xsrf_cookie_kwargs={"httponly": True, "samesite": "Strict", "secure": https, "path": "/"},
+        default_handler_class=NotFoundHandler,
+        services=services,
+        log_function=log_request,
+        debug=False,
+        autoreload=False,
+        serve_traceback=False,
+        compress_response=False,
+    )
+
+
+__all__ = ["UnknownProvider", "make_app", "parse_args"]

@@ -1,0 +1,1 @@
+"""Built-in provider plugins, registered through the `linkd` entry-point group."""
