@@ -99,7 +99,9 @@ class Settings:
     api_port: int | None = None
     database_url: str = field(default="", repr=False)
     providers_dir: str = "conf/providers.d"
-    end_session_after: tuple[str, ...] | None = None  # providers that end the session; None: their own default
+    end_session_after: tuple[str, ...] | None = (
+        None  # providers that end the session; None: their own default
+    )
     env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -144,7 +146,7 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     require_secret: bool = True,
 ) -> Settings:
-    """Read, merge (flags over environment over `.env`) and validate; raise ConfigError listing every problem."""
+    """Read and merge (flags over environment over `.env`), validate; ConfigError lists every problem."""
     env = read_environment(env_file, environ)
     env.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return settings_from_env(env, require_secret=require_secret)

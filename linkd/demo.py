@@ -8,6 +8,7 @@ under `/_sandbox/{name}` of the same process, and its settings pointed there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import socket
@@ -70,13 +71,15 @@ def sandbox_settings(
 
 
 def _pick_port(preferred: int | None) -> int:
-    for candidate in ([preferred] if preferred else [5000, 0]):
+    for candidate in [preferred] if preferred else [5000, 0]:
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", candidate))
             except OSError:
                 if preferred:
-                    raise SystemExit(f"linkd demo: port {preferred} is in use; pick another with --port") from None
+                    raise SystemExit(
+                        f"linkd demo: port {preferred} is in use; pick another with --port"
+                    ) from None
                 continue
             return int(s.getsockname()[1])
     raise SystemExit("linkd demo: no free port")
@@ -92,14 +95,14 @@ def run_demo(port: int | None, data_dir: str | None, open_browser: bool, log_lev
     base_url = f"http://127.0.0.1:{port}"
     settings, handlers, _ = sandbox_settings(base_url, directory, get_plugin_manager())
     print(f"linkd demo is running: open {base_url}/ in your browser.", flush=True)
-    print("Connect a Shopify store (any name, e.g. 'acme'), approve on the sandbox page, then connect Facebook.")
+    print(
+        "Connect a Shopify store (any name, e.g. 'acme'), approve on the sandbox page, then connect Facebook."
+    )
     print("Everything runs on 127.0.0.1 against built-in fake platforms. Press Ctrl-C to stop.", flush=True)
     if open_browser:
         webbrowser.open(base_url + "/")
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run_forever(settings, handlers))
-    except KeyboardInterrupt:
-        pass
     if temporary:
         shutil.rmtree(directory, ignore_errors=True)
         print(f"\nlinkd demo stopped; its temporary data in {directory} was removed.")

@@ -141,8 +141,7 @@ class Linker:
             user_uuid=user_uuid,
             provider=name,
             accounts=[
-                {"id": row.account_id, "name": row.name, "kind": row.kind}
-                for row in outcome.connections
+                {"id": row.account_id, "name": row.name, "kind": row.kind} for row in outcome.connections
             ],
             new_cookie=new_cookie,
             session_ended=ended,

@@ -50,16 +50,22 @@ class Registry:
             distribution, version = distribution_of(pm, impl.plugin)
 
             def register(
-                provider_cls: type[Provider], _plugin: str = impl.plugin_name, _d: str = distribution, _v: str = version
+                provider_cls: type[Provider],
+                _plugin: str = impl.plugin_name,
+                _d: str = distribution,
+                _v: str = version,
             ) -> None:
                 if not (isinstance(provider_cls, type) and issubclass(provider_cls, Provider)):
-                    raise PluginError(f"plugin {_plugin} registered {provider_cls!r}, which is not a Provider subclass")
+                    raise PluginError(
+                        f"plugin {_plugin} registered {provider_cls!r}, which is not a Provider subclass"
+                    )
                 name = getattr(provider_cls, "name", "")
                 if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or name in RESERVED_NAMES:
                     raise PluginError(f"plugin {_plugin}: provider name {name!r} is not allowed")
                 if name in seen:
                     raise PluginError(
-                        f"provider name {name!r} is registered twice (plugins {seen[name].plugin} and {_plugin})"
+                        f"provider name {name!r} is registered twice "
+                        f"(plugins {seen[name].plugin} and {_plugin})"
                     )
                 entry = ProviderEntry(provider_cls, _plugin, _d, _v)
                 seen[name] = entry
@@ -73,9 +79,7 @@ class Registry:
 
     def _evaluate(self, settings: Settings) -> None:
         for entry in self.entries.values():
-            entry.values = {
-                s.name: settings.env.get(s.name) or (s.default or "") for s in entry.cls.settings
-            }
+            entry.values = {s.name: settings.env.get(s.name) or (s.default or "") for s in entry.cls.settings}
             entry.problems = entry.cls.setting_problems(settings.env)
             wanted = settings.providers is None or entry.name in settings.providers
             entry.enabled = wanted and not entry.problems

@@ -72,7 +72,9 @@ def make_store(settings: Settings) -> Store:
     return SQLiteStore(settings.session_db_path, settings.token_db_path)
 
 
-def discover(settings: Settings, pm: pluggy.PluginManager | None = None) -> tuple[pluggy.PluginManager, Registry]:
+def discover(
+    settings: Settings, pm: pluggy.PluginManager | None = None
+) -> tuple[pluggy.PluginManager, Registry]:
     pm = pm or get_plugin_manager()
     return pm, Registry.discover(pm, settings)
 

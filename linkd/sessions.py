@@ -36,7 +36,9 @@ class StatePayload:
 
 
 class SessionManager:
-    def __init__(self, store: Store, keyring: Keyring, ttl: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, store: Store, keyring: Keyring, ttl: int, clock: Callable[[], float] = time.time
+    ) -> None:
         self.store = store
         self.keyring = keyring
         self.ttl = ttl
@@ -81,18 +83,24 @@ class SessionManager:
 
 
 class StateManager:
-    def __init__(self, store: Store, keyring: Keyring, ttl: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, store: Store, keyring: Keyring, ttl: int, clock: Callable[[], float] = time.time
+    ) -> None:
         self.store = store
         self.keyring = keyring
         self.ttl = ttl
         self.clock = clock
 
-    async def issue(self, session: Session, provider: str, context: dict[str, Any], verifier: str | None) -> str:
+    async def issue(
+        self, session: Session, provider: str, context: dict[str, Any], verifier: str | None
+    ) -> str:
         state = random_token(32)
         state_hash = self.keyring.digest(STATE, state)
         payload = self.keyring.seal(f"state:{state_hash}", {"context": context, "verifier": verifier})
         now = self.clock()
-        await self.store.insert_state(StateRow(state_hash, session.id_hash, provider, payload, now, now + self.ttl))
+        await self.store.insert_state(
+            StateRow(state_hash, session.id_hash, provider, payload, now, now + self.ttl)
+        )
         return state
 
     async def consume(self, state: str | None, session: Session | None, provider: str) -> StatePayload:

@@ -75,7 +75,9 @@ class TokenService:
             return row, tokens
         return await self._refresh(row, tokens, force)
 
-    async def _refresh(self, row: ConnectionRow, tokens: TokenSet, force: bool) -> tuple[ConnectionRow, TokenSet]:
+    async def _refresh(
+        self, row: ConnectionRow, tokens: TokenSet, force: bool
+    ) -> tuple[ConnectionRow, TokenSet]:
         owner = secrets.token_hex(8)
         deadline = time.monotonic() + self.wait_budget
         delay = 0.02
@@ -117,7 +119,9 @@ class TokenService:
         if not fresh.scopes:
             fresh.scopes = tokens.scopes
         sealed = self.keyring.seal(f"connection:{row.provider}:{row.account_id}", fresh.to_json())
-        await self.store.update_tokens(row.id, sealed, fresh.expires_at, fresh.refresh_expires_at, self.clock())
+        await self.store.update_tokens(
+            row.id, sealed, fresh.expires_at, fresh.refresh_expires_at, self.clock()
+        )
         updated = await self.store.get_connection(row.id)
         assert updated is not None
         self.events.saved(info_from_row(updated, user_uuid), created=False)
@@ -129,7 +133,9 @@ class TokenService:
         refreshed = 0
         after = 0
         while True:
-            rows = await self.store.list_connections(ConnectionFilter(status="active", after_id=after, limit=200))
+            rows = await self.store.list_connections(
+                ConnectionFilter(status="active", after_id=after, limit=200)
+            )
             if not rows:
                 return refreshed
             after = rows[-1].id

@@ -63,7 +63,9 @@ class Upstream:
 
     def __init__(self, timeout: float, client: AsyncHTTPClient | None = None, max_clients: int = 256) -> None:
         self.timeout = timeout
-        self.client = client or AsyncHTTPClient(max_clients=max_clients, force_instance=True, max_body_size=MAX_BODY)
+        self.client = client or AsyncHTTPClient(
+            max_clients=max_clients, force_instance=True, max_body_size=MAX_BODY
+        )
 
     async def request(
         self,

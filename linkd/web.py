@@ -7,6 +7,7 @@ segment of a URL only ever matches a registered, enabled name.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import re
 import secrets
@@ -27,6 +28,7 @@ CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 MAX_QUERY_FIELDS = 200
 MAX_QUERY_LENGTH = 8192
 SEGMENT = r"([^/]{1,64})"
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 CSP = "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; frame-ancestors 'none'"
 
 
@@ -94,9 +96,11 @@ class BaseHandler(tornado.web.RequestHandler):
 
     def clear_session_cookie(self) -> None:
         settings = self.services.settings
+        name = settings.cookie_name
         self.set_cookie(
-            settings.cookie_name, "", path="/", httponly=True, secure=settings.https, samesite="Lax", max_age=0
+            name, "", path="/", httponly=True, secure=settings.https, samesite="Lax", expires=EPOCH
         )
+        self._new_cookie[name]["max-age"] = "0"  # Tornado drops max_age=0 as falsy
 
     def render_page(self, template: str, status: int = 200, **kw: Any) -> None:
         self.set_status(status)
@@ -116,7 +120,9 @@ class BaseHandler(tornado.web.RequestHandler):
         elif isinstance(value, tornado.web.HTTPError):
             log.info("%s %s -> %s", self.request.method, self.request.path, value.status_code)
         else:
-            log.error("unhandled %s on %s %s", typ.__name__, self.request.method, self.request.path, exc_info=True)
+            log.error(
+                "unhandled %s on %s %s", typ.__name__, self.request.method, self.request.path, exc_info=True
+            )
 
     def send_error(self, status_code: int = 500, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -131,7 +137,9 @@ class BaseHandler(tornado.web.RequestHandler):
             if isinstance(exc, StoreBusy):
                 self.set_header("Retry-After", str(exc.retry_after))
         elif isinstance(exc, tornado.web.HTTPError) and status_code < 500:
-            code = {403: "forbidden", 404: "not_found", 405: "method_not_allowed"}.get(status_code, "bad_request")
+            code = {403: "forbidden", 404: "not_found", 405: "method_not_allowed"}.get(
+                status_code, "bad_request"
+            )
             message = self._reason or "The request was refused."
             if status_code == 403:
                 message = "The form expired or came from another site. Please reload the page and try again."
@@ -182,8 +190,15 @@ class IndexHandler(BaseHandler):
             return []
         rows = await self.services.store.list_connections(ConnectionFilter(user_id=user.id, limit=500))
         return [
-            {"id": r.id, "provider": r.provider, "account_id": r.account_id, "name": r.name, "kind": r.kind,
-             "status": r.status, "parent_id": r.parent_id}
+            {
+                "id": r.id,
+                "provider": r.provider,
+                "account_id": r.account_id,
+                "name": r.name,
+                "kind": r.kind,
+                "status": r.status,
+                "parent_id": r.parent_id,
+            }
             for r in rows
         ]
 
@@ -204,7 +219,9 @@ class CallbackHandler(BaseHandler):
         else:
             self.clear_session_cookie()
         if self.wants_json():
-            self.write_json({"user_uuid": done.user_uuid, "provider": done.provider, "accounts": done.accounts})
+            self.write_json(
+                {"user_uuid": done.user_uuid, "provider": done.provider, "accounts": done.accounts}
+            )
         elif self.services.settings.success_url:
             self.redirect(self.services.settings.success_url)
         else:

@@ -59,7 +59,7 @@ class World:
         return rows
 
     def count(self, db: str, table: str) -> int:
-        return int(self.sql(db, f"SELECT COUNT(*) FROM {table}")[0][0])  # noqa: S608 - test-only table names
+        return int(self.sql(db, f"SELECT COUNT(*) FROM {table}")[0][0])
 
     def close(self) -> None:
         if self.services is not None:
@@ -88,7 +88,11 @@ def world(make_world: Any) -> World:
 
 def linkd_cli(*args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None, timeout: float = 60):
     """Run the installed `linkd` command as a user would."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("LINKD_", "STATE_TOKEN", "SHOPIFY_", "FACEBOOK_"))}
+    full_env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("LINKD_", "STATE_TOKEN", "SHOPIFY_", "FACEBOOK_"))
+    }
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "linkd", *args],

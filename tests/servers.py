@@ -25,7 +25,9 @@ def free_port() -> int:
 class ServerThread:
     """A Tornado app served from its own thread and loop; `url` is its base URL."""
 
-    def __init__(self, make_app: Callable[[], Any] | Callable[[], Awaitable[Any]], port: int | None = None) -> None:
+    def __init__(
+        self, make_app: Callable[[], Any] | Callable[[], Awaitable[Any]], port: int | None = None
+    ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._make_app = make_app

@@ -14,7 +14,15 @@ GOOD = "k3Jr9vXq2LmP8sTzW4nB6yHc1dFgA5eR7uIoQ0wE"
 
 @pytest.mark.parametrize(
     "value",
-    ["", "changeme-in-prod", "replace_with_secure_token", "short-but-random-Xy7", "a" * 32, "ab" * 20, "0123456789" * 4],
+    [
+        "",
+        "changeme-in-prod",
+        "replace_with_secure_token",
+        "short-but-random-Xy7",
+        "a" * 32,
+        "ab" * 20,
+        "0123456789" * 4,
+    ],
 )
 def test_weak_secrets_are_refused(value: str) -> None:
     assert secret_problem("STATE_TOKEN_SECRET", value)

@@ -62,7 +62,10 @@ def test_rotation_old_data_opens_new_data_uses_only_new_key() -> None:
     assert resealed is not None and Keyring(SECRET).open("r", resealed) == "payload"
     assert rotated.reseal("r", sealed_new) is None
     # hashes: lookups try current first, then former keys
-    assert rotated.digests(SESSION_ID, "c") == [Keyring(SECRET).digest(SESSION_ID, "c"), old.digest(SESSION_ID, "c")]
+    assert rotated.digests(SESSION_ID, "c") == [
+        Keyring(SECRET).digest(SESSION_ID, "c"),
+        old.digest(SESSION_ID, "c"),
+    ]
 
 
 def test_unknown_key_fails_cleanly() -> None:

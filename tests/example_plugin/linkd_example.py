@@ -56,7 +56,11 @@ class ExampleProvider(Provider):
         return self._url("/authorize?") + urllib.parse.urlencode(query)
 
     async def _token(self, form: dict[str, str]) -> TokenSet:
-        form = {**form, "client_id": self.setting("EXAMPLE_CLIENT_ID"), "client_secret": self.setting("EXAMPLE_CLIENT_SECRET")}
+        form = {
+            **form,
+            "client_id": self.setting("EXAMPLE_CLIENT_ID"),
+            "client_secret": self.setting("EXAMPLE_CLIENT_SECRET"),
+        }
         try:
             data = await self.upstream.post_json(self._url("/token"), form=form)
         except ProviderError as exc:
@@ -82,7 +86,9 @@ class ExampleProvider(Provider):
                 "code_verifier": callback.code_verifier or "",
             }
         )
-        me = await self.upstream.get_json(self._url("/userinfo"), headers={"Authorization": f"Bearer {tokens.access_token}"})
+        me = await self.upstream.get_json(
+            self._url("/userinfo"), headers={"Authorization": f"Bearer {tokens.access_token}"}
+        )
         if not isinstance(me, dict) or "sub" not in me:
             raise ProviderError("The user info has no subject.")
         return [Account(id=str(me["sub"]), name=str(me.get("name", me["sub"])), tokens=tokens)]
@@ -176,11 +182,18 @@ class TokenHandler(_Fake):
         self.fake.count("token")
         form = {k: self.get_body_argument(k) for k in self.request.body_arguments}
         self.fake.token_requests.append(form)
-        if form.get("client_id") != self.fake.client_id or form.get("client_secret") != self.fake.client_secret:
+        if (
+            form.get("client_id") != self.fake.client_id
+            or form.get("client_secret") != self.fake.client_secret
+        ):
             return self.fail(401, "invalid_client")
         if form.get("grant_type") == "authorization_code":
             grant = self.fake.codes.pop(form.get("code", ""), None)
-            if grant is None or grant["expires"] < time.time() or grant["redirect_uri"] != form.get("redirect_uri"):
+            if (
+                grant is None
+                or grant["expires"] < time.time()
+                or grant["redirect_uri"] != form.get("redirect_uri")
+            ):
                 return self.fail(400, "invalid_grant")
             digest = hashlib.sha256(form.get("code_verifier", "").encode()).digest()
             if base64.urlsafe_b64encode(digest).rstrip(b"=").decode() != grant["challenge"]:
@@ -196,7 +209,17 @@ class TokenHandler(_Fake):
         self.fake.access[access] = subject
         self.fake.refresh[refresh] = subject
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps({"access_token": access, "refresh_token": refresh, "expires_in": 3600, "scope": "profile", "token_type": "bearer"}))
+        self.finish(
+            json.dumps(
+                {
+                    "access_token": access,
+                    "refresh_token": refresh,
+                    "expires_in": 3600,
+                    "scope": "profile",
+                    "token_type": "bearer",
+                }
+            )
+        )
 
 
 class UserInfoHandler(_Fake):
