@@ -87,7 +87,7 @@ class Upstream:
         if params:
             url = f"{url}{'&' if '?' in url else '?'}{urllib.parse.urlencode(params)}"
         split = urllib.parse.urlsplit(url)
-        if allowed_hosts is not None and split.netloc not in set(allowed_hosts):
+        if allowed_hosts is not None and split.netloc.lower() not in {h.lower() for h in allowed_hosts}:
             raise ProviderError("Refused to call a host this provider does not use.")
         all_headers = {"Accept": "application/json", "User-Agent": "linkd"}
         body: bytes | None = None

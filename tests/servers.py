@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import tornado.httpserver
@@ -66,7 +66,7 @@ class ServerThread:
         server.stop()
         await server.close_all_connections()
 
-    def call(self, coro_factory: Callable[[], Awaitable[Any]]) -> Any:
+    def call(self, coro_factory: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
         """Run a coroutine on the server's loop (to inspect or drive its state) and return its result."""
         assert self.loop is not None
         return asyncio.run_coroutine_threadsafe(coro_factory(), self.loop).result(30)
