@@ -160,8 +160,12 @@ class WebhookActions(Protocol):
         """True the first time this platform event id is seen (de-duplicates retries)."""
         ...
 
-    async def remove_accounts(self, account_ids: Sequence[str]) -> int:
-        """Delete these accounts of this provider (and their children); returns how many rows went."""
+    async def remove_accounts(self, account_ids: Sequence[str], reason: str = "uninstalled") -> int:
+        """Delete these accounts of this provider (and their children); returns how many rows went.
+
+        `reason` is passed to the `connection_removed` event ("uninstalled", "deauthorized",
+        "data_deletion", …).
+        """
         ...
 
     async def create_deletion_request(self, account_ids: Sequence[str]) -> tuple[str, str]:

@@ -118,10 +118,20 @@ class CoreWebhookActions:
     def __init__(self, services: Services, provider: str) -> None:
         self.services = services
         self.provider = provider
+        self.recorded: list[str] = []
 
     async def first_delivery(self, event_id: str) -> bool:
         digest = hashlib.sha256(event_id.encode("utf-8", "replace")).hexdigest()
-        return await self.services.store.first_delivery(self.provider, digest, time.time())
+        first = await self.services.store.first_delivery(self.provider, digest, time.time())
+        if first:
+            self.recorded.append(digest)
+        return first
+
+    async def rollback(self) -> None:
+        """Forget the events recorded by a delivery whose handling failed: the platform will retry."""
+        for digest in self.recorded:
+            await self.services.store.forget_delivery(self.provider, digest)
+        self.recorded.clear()
 
     async def remove_accounts(self, account_ids: Sequence[str], reason: str = "uninstalled") -> int:
         rows = await self._delete(account_ids)

@@ -252,7 +252,12 @@ class WebhookHandler(BaseHandler):
             body=self.request.body,
             args=self.args(),
         )
-        result = await provider.webhook(request, CoreWebhookActions(self.services, provider_name))
+        actions = CoreWebhookActions(self.services, provider_name)
+        try:
+            result = await provider.webhook(request, actions)
+        except Exception:
+            await actions.rollback()
+            raise
         self.set_status(result.status)
         if isinstance(result.body, dict):
             self.write_json(result.body, result.status)

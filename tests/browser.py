@@ -48,6 +48,7 @@ class Browser:
         self.jar = http.cookiejar.CookieJar()
         self.accept = accept
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar), _NoRedirect())
+        self.log: list[Response] = []  # every response this browser received, in order
 
     def request(
         self,
@@ -61,9 +62,11 @@ class Browser:
         req = urllib.request.Request(url, data=body, method=method, headers=all_headers)
         try:
             with self.opener.open(req, timeout=30) as resp:
-                return Response(resp.status, resp.headers, resp.read(), url)
+                response = Response(resp.status, resp.headers, resp.read(), url)
         except urllib.error.HTTPError as err:
-            return Response(err.code, err.headers, err.read(), url)
+            response = Response(err.code, err.headers, err.read(), url)
+        self.log.append(response)
+        return response
 
     def get(self, url: str, **kw: Any) -> Response:
         return self.request("GET", url, **kw)

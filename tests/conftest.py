@@ -35,6 +35,9 @@ class World:
         env = {"LINKD_PUBLIC_URL": self.url, **(extra_env or {})}
         self.settings, handlers, self.sandboxes = sandbox_settings(self.url, str(data_dir), pm, env)
         self.services: Services | None = None
+        for state in self.sandboxes.values():
+            if hasattr(state, "auto_approve"):
+                state.auto_approve = True  # HTTP tests skip the consent page; the browser test clicks it
 
         async def make() -> Any:
             self.services = await build_services(self.settings, pm=pm)

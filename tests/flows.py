@@ -69,6 +69,14 @@ class Driver:
         """The PKCE verifiers the platform's fake received, oldest first."""
         return []
 
+    def secrets(self, world: Any) -> list[str]:
+        """Every code, token and client secret the platform's fake minted: none may leak."""
+        return list(world.sandboxes[self.name].minted)
+
+    def platform_says(self, world: Any, url: str, **changes: str | None) -> str:
+        """The callback URL as the platform itself would send it with these changes (re-signed if it signs)."""
+        return with_query(url, **changes)
+
 
 class ExampleDriver(Driver):
     name = "example"
@@ -84,4 +92,44 @@ class ExampleDriver(Driver):
         ]
 
 
-DRIVERS: dict[str, Callable[[], Driver]] = {"example": ExampleDriver}
+class ShopifyDriver(Driver):
+    name = "shopify"
+    login_path = "/shopify/login?shop=acme"
+    providers = "shopify"
+
+    def exchanges(self, world: Any) -> int:
+        return int(world.sandboxes["shopify"].requests("access_token"))
+
+    def platform_says(self, world: Any, url: str, **changes: str | None) -> str:
+        fake = world.sandboxes["shopify"]
+        pairs = [(k, v) for k, v in query_of(url).items() if k != "hmac" and k not in changes]
+        pairs += [(k, v) for k, v in changes.items() if v is not None]
+        signed = [*pairs, ("hmac", fake.sign(pairs))]
+        return urllib.parse.urlsplit(url)._replace(query=urllib.parse.urlencode(signed)).geturl()
+
+
+class FacebookDriver(Driver):
+    name = "facebook"
+    login_path = "/facebook/login"
+    providers = "shopify,facebook"
+
+    def prepare(self, world: Any, browser: Browser) -> None:
+        """Facebook joins an existing profile: connect a shop in this browser first."""
+        response = ShopifyDriver().connect(world, browser)
+        assert response.status == 200, response.text
+
+    def exchanges(self, world: Any) -> int:
+        return int(world.sandboxes["facebook"].code_exchanges())
+
+    def verifiers(self, world: Any) -> list[str]:
+        return list(world.sandboxes["facebook"].verifiers())
+
+    def secrets(self, world: Any) -> list[str]:
+        return list(world.sandboxes["facebook"].secrets())
+
+
+DRIVERS: dict[str, Callable[[], Driver]] = {
+    "example": ExampleDriver,
+    "shopify": ShopifyDriver,
+    "facebook": FacebookDriver,
+}

@@ -394,7 +394,7 @@ class Actions:
         self.seen.add(event_id)
         return new
 
-    async def remove_accounts(self, account_ids: Sequence[str]) -> int:
+    async def remove_accounts(self, account_ids: Sequence[str], reason: str = "uninstalled") -> int:
         self.removed.append(list(account_ids))
         return len(account_ids)
 

@@ -236,6 +236,10 @@ class Store(abc.ABC):
         """Record a webhook event id; True when it had not been seen."""
 
     @abc.abstractmethod
+    async def forget_delivery(self, provider: str, event_hash: str) -> None:
+        """Un-record an event whose handling failed, so the platform's retry is processed."""
+
+    @abc.abstractmethod
     async def insert_deletion(self, row: DeletionRow) -> None: ...
 
     @abc.abstractmethod

@@ -156,6 +156,7 @@ class SQLiteStore(Store):
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute(f"PRAGMA synchronous = {sync}")
             conn.execute("PRAGMA journal_size_limit = 67108864")
+            conn.execute("PRAGMA secure_delete = ON")  # deleted rows are zeroed, not left in free pages
             if query_only:
                 conn.execute("PRAGMA query_only = ON")
         except BaseException:
@@ -397,7 +398,7 @@ class SQLiteStore(Store):
             c.execute("DELETE FROM users WHERE id = ?", (user_id,))
             return removed
 
-        return await self._write(schema.TOKEN, tx)
+        return await self._scrubbed(await self._write(schema.TOKEN, tx))
 
     async def get_connection(self, connection_id: int) -> ConnectionRow | None:
         return await self._read(schema.TOKEN, lambda c: _connection(c, connection_id))
@@ -444,12 +445,33 @@ class SQLiteStore(Store):
         if not account_ids:
             return []
         sql = f"SELECT id FROM connections WHERE provider = ? AND account_id IN ({_qs(account_ids)})"
-        return await self._write(
-            schema.TOKEN, lambda c: _delete_ids(c, [r[0] for r in c.execute(sql, [provider, *account_ids])])
+        return await self._scrubbed(
+            await self._write(
+                schema.TOKEN,
+                lambda c: _delete_ids(c, [r[0] for r in c.execute(sql, [provider, *account_ids])]),
+            )
         )
 
     async def delete_connection(self, connection_id: int) -> list[ConnectionRow]:
-        return await self._write(schema.TOKEN, lambda c: _delete_ids(c, [connection_id]))
+        return await self._scrubbed(
+            await self._write(schema.TOKEN, lambda c: _delete_ids(c, [connection_id]))
+        )
+
+    async def _scrubbed(self, removed: list[ConnectionRow]) -> list[ConnectionRow]:
+        """After a deletion, fold the WAL into the zeroed main file and truncate it, so the
+        removed account leaves no trace in `-wal` either (best effort: a busy reader defers it)."""
+        if removed:
+            call = functools.partial(
+                self._attempts,
+                self._writer_conns,
+                self._paths[schema.TOKEN],
+                lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone(),
+                None,
+                0.5,
+            )
+            with contextlib.suppress(StoreBusy, StoreUnavailable):
+                await asyncio.get_running_loop().run_in_executor(self._executor(self._writers), call)
+        return removed
 
     # refresh serialisation --------------------------------------------------------------------
     async def acquire_refresh_lease(self, connection_id: int, owner: str, now: float, ttl: float) -> bool:
@@ -473,6 +495,10 @@ class SQLiteStore(Store):
         return await self._write(
             schema.TOKEN, lambda c: c.execute(sql, (provider, event_hash, now)).rowcount == 1
         )
+
+    async def forget_delivery(self, provider: str, event_hash: str) -> None:
+        sql = "DELETE FROM webhook_events WHERE provider = ? AND event_hash = ?"
+        await self._write(schema.TOKEN, lambda c: c.execute(sql, (provider, event_hash)))
 
     async def insert_deletion(self, row: DeletionRow) -> None:
         await self._write(schema.TOKEN, lambda c: _insert(c, "deletions", row))

@@ -193,7 +193,7 @@ class FacebookProvider(Provider):
         if request.kind == "deauthorize":
             event_id = "facebook-signed-request:" + hashlib.sha256(raw.encode()).hexdigest()
             if await actions.first_delivery(event_id):
-                await actions.remove_accounts([user_id])
+                await actions.remove_accounts([user_id], "deauthorized")
             return WebhookResponse(200, {"status": "ok"})
         # data-deletion: idempotent, and Meta needs a status URL and code on every delivery
         confirmation_code, status_url = await actions.create_deletion_request([user_id])

@@ -89,7 +89,8 @@ async def handle_webhook(
             return WebhookResponse(200, {"status": "duplicate"})
 
     if topic in REMOVING_TOPICS:
-        removed = await actions.remove_accounts([shop])
+        reason = "uninstalled" if topic == "app/uninstalled" else "data_deletion"
+        removed = await actions.remove_accounts([shop], reason)
         log.info("shopify webhook %s for %s: removed %d connection(s)", topic, shop, removed)
         return WebhookResponse(200, {"status": "removed"})
     if topic in ACKNOWLEDGED_TOPICS:
