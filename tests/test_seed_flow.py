@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from .browser import Browser
 from providers.facebook_sandbox import tamper_signature
 
+from .browser import Browser
 from .flows import FacebookDriver, ShopifyDriver, to_callback
 
 

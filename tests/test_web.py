@@ -120,3 +120,18 @@ def test_debug_mode_is_off(eworld: Any) -> None:
     app_settings = eworld.server.app.settings
     assert not app_settings.get("debug") and not app_settings.get("serve_traceback")
     assert not app_settings.get("autoreload")
+
+
+def test_success_url_receives_the_browser_after_a_connect(make_world: Any) -> None:
+    world = make_world(LINKD_PROVIDERS="example", LINKD_SUCCESS_URL="/?linked=1")
+    browser = Browser("text/html")
+    response = browser.follow(world.url + "/example/login")
+    assert response.history[-1].status == 302 and response.history[-1].headers["Location"] == "/?linked=1"
+    assert response.status == 200 and world.count("tokens", "connections") == 1
+
+
+def test_callback_success_page_shows_what_was_linked_and_no_token(make_world: Any) -> None:
+    world = make_world(LINKD_PROVIDERS="example")
+    response = Browser("text/html").follow(world.url + "/example/login")
+    assert response.status == 200 and "Example connected" in response.text and "Example user-1" in response.text
+    assert not [s for s in world.sandboxes["example"].minted if s in response.text]
