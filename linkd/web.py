@@ -7,6 +7,7 @@ segment of a URL only ever matches a registered, enabled name.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import re
@@ -18,6 +19,7 @@ from typing import Any
 import tornado.web
 
 from .errors import LinkdError, NotFound, StoreBusy, StoreUnavailable, UnknownProvider
+from .events import info_from_row
 from .logs import log_request, request_id
 from .provider import Args, WebhookRequest
 from .service import CoreWebhookActions, Services
@@ -30,6 +32,23 @@ MAX_QUERY_LENGTH = 8192
 SEGMENT = r"([^/]{1,64})"
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 CSP = "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; frame-ancestors 'none'"
+ERROR_HEADINGS = {
+    "invalid_state": "This sign-in link has expired",
+    "access_denied": "Nothing was connected",
+    "session_required": "Connect another account first",
+    "not_found": "Page not found",
+    "unknown_provider": "Unknown platform",
+    "account_conflict": "Already linked to another profile",
+    "provider_error": "The platform did not answer as expected",
+    "invalid_signature": "The platform's signature did not check out",
+    "forbidden": "This form has expired",
+    "busy": "linkd is busy",
+    "store_unavailable": "linkd is unavailable",
+    "bad_request": "That did not work",
+    "method_not_allowed": "That did not work",
+}
+NO_RETRY = frozenset({"unknown_provider", "not_found", "account_conflict", "method_not_allowed"})
+NOTICES = {"disconnected": "The account was disconnected: linkd no longer holds its tokens."}
 
 
 def parse_args(query: str) -> Args:
@@ -150,7 +169,64 @@ class BaseHandler(tornado.web.RequestHandler):
         if self.wants_json():
             self.finish({"error": code, "message": message})
         else:
-            self.render_page("error.html", status=status_code, code=code, message=message)
+            self.render_page(
+                "error.html", status=status_code, code=code, message=message, **self.error_page_offers(code)
+            )
+
+    # pages ------------------------------------------------------------------------------------
+    def flow_provider(self) -> str | None:
+        """The provider whose connect flow this request belongs to (login and callback routes)."""
+        return None
+
+    def error_page_offers(self, code: str) -> dict[str, Any]:
+        """Ways forward from an error page, so a lost cookie or an expired state is never a dead end.
+
+        Generic on purpose: a failed connect offers that provider's own login again, with its
+        account hint (e.g. a shop) kept when the failed request carried a valid one; a provider
+        that needs a profile first offers the providers that start one.
+        """
+        page: dict[str, Any] = {"heading": ERROR_HEADINGS.get(code, "Something went wrong"), "offers": []}
+        name = self.flow_provider()
+        page.update(flow=name is not None, retry=False)
+        try:
+            registry = self.services.registry
+            if code == "session_required":
+                page["offers"] = [(e, None) for e in registry.enabled() if e.cls.may_start_user]
+            elif name is not None and code not in NO_RETRY:
+                entry = registry.entry(name)
+                if entry.instance is not None:
+                    page.update(offers=[(entry, self._hint_value(entry))], retry=True)
+        except Exception:  # an error page must render whatever else is broken
+            log.debug("no way forward offered on the error page", exc_info=True)
+        return page
+
+    def _hint_value(self, entry: Any) -> str | None:
+        """The account hint the failed request named (query or path), if the provider accepts it."""
+        hint = entry.cls.account_hint
+        if not hint or entry.instance is None:
+            return None
+        try:
+            value = parse_args(self.request.query).get(hint)
+        except LinkdError:
+            value = None
+        if value is None and len(self.path_args) > 1:
+            value = self.path_args[1]
+        if not value:
+            return None
+        try:
+            entry.instance.login_context(Args([(hint, value)]), None)
+        except Exception:
+            return None  # never echo something the provider would refuse
+        return str(value)
+
+    def starter_titles(self) -> list[str]:
+        return [e.cls.display_name() for e in self.services.registry.enabled() if e.cls.may_start_user]
+
+    def provider_title(self, name: str) -> str:
+        try:
+            return self.services.registry.entry(name).cls.display_name()
+        except UnknownProvider:
+            return name
 
 
 class NotFoundHandler(BaseHandler):
@@ -177,7 +253,37 @@ class IndexHandler(BaseHandler):
                 }
             )
             return
-        self.render_page("index.html", providers=providers, user_uuid=user_uuid, accounts=accounts)
+        starters_first = sorted(providers, key=lambda e: not e.cls.may_start_user)
+        self.render_page(
+            "index.html",
+            providers=starters_first,
+            user_uuid=user_uuid,
+            groups=self._groups(accounts),
+            starters=self.starter_titles(),
+            notice=NOTICES.get(self.get_query_argument("notice", "")),
+        )
+
+    def _groups(self, accounts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Top-level accounts, each with its children (a user's Pages) and a way to reconnect it."""
+        ids = {a["id"] for a in accounts}
+        groups = []
+        for account in accounts:
+            if account["parent_id"] in ids:
+                continue
+            entry = None
+            if account["status"] != "active":
+                with contextlib.suppress(UnknownProvider):
+                    entry = self.services.registry.entry(account["provider"])
+                entry = entry if entry is not None and entry.instance is not None else None
+            groups.append(
+                {
+                    "account": account,
+                    "title": self.provider_title(account["provider"]),
+                    "children": [a for a in accounts if a["parent_id"] == account["id"]],
+                    "reconnect": entry,
+                }
+            )
+        return groups
 
     async def _accounts(self, user_uuid: str | None) -> list[dict[str, Any]]:
         if not user_uuid:
@@ -204,6 +310,9 @@ class IndexHandler(BaseHandler):
 
 
 class LoginHandler(BaseHandler):
+    def flow_provider(self) -> str | None:
+        return self.path_args[0] if self.path_args else None
+
     async def get(self, provider: str, account: str | None = None) -> None:
         start = await self.services.linker.start(provider, self.args(), account, self.session_cookie())
         if start.new_cookie:
@@ -212,6 +321,9 @@ class LoginHandler(BaseHandler):
 
 
 class CallbackHandler(BaseHandler):
+    def flow_provider(self) -> str | None:
+        return self.path_args[0] if self.path_args else None
+
     async def get(self, provider: str) -> None:
         done = await self.services.linker.complete(provider, self.args(), self.session_cookie())
         if done.new_cookie:
@@ -226,7 +338,14 @@ class CallbackHandler(BaseHandler):
             self.redirect(self.services.settings.success_url)
         else:
             entry = self.services.registry.entry(provider)
-            self.render_page("done.html", done=done, title=entry.cls.display_name())
+            others = [e for e in self.services.registry.enabled() if e.name != provider]
+            self.render_page(
+                "done.html",
+                done=done,
+                title=entry.cls.display_name(),
+                starters=self.starter_titles(),
+                others=sorted(others, key=lambda e: not e.cls.may_start_user),
+            )
 
 
 class LogoutHandler(BaseHandler):
@@ -238,6 +357,64 @@ class LogoutHandler(BaseHandler):
             self.write_json({"status": "ok"})
         else:
             self.redirect("/")
+
+
+class DisconnectHandler(BaseHandler):
+    """`POST /connections/{id}/disconnect`: a person removes one of their own connections.
+
+    Only a connection of this browser session's user is found (anything else is a 404,
+    so ids cannot be probed); revoking at the platform and deleting it with its children
+    is the admin use-case, recorded under the actor "browser".
+    """
+
+    async def post(self, connection_id: str) -> None:
+        row_id = await self._owned(connection_id)
+        removed = await self._disconnect(row_id)
+        if self.wants_json():
+            self.write_json({"status": "ok", "removed": removed})
+        else:
+            self.redirect("/?notice=disconnected", status=303)
+
+    async def _disconnect(self, row_id: int) -> list[int]:
+        """Revoke (best effort), delete with children, tell plugins; the ids removed."""
+        try:
+            from .admin import Admin
+        except ImportError:  # the admin use-cases are unavailable: the same steps, without the audit record
+            log.warning("linkd.admin is not importable; disconnecting without an audit record")
+            return await self._revoke_then_delete(row_id)
+        removal = await Admin(self.services, actor="browser").disconnect(row_id)
+        return [int(r["id"]) for r in removal.removed]
+
+    async def _revoke_then_delete(self, row_id: int) -> list[int]:
+        services = self.services
+        row = await services.store.get_connection(row_id)
+        if row is None:
+            raise NotFound()
+        if row.tokens_sealed:
+            try:
+                await services.registry.get(row.provider).revoke(row.account_id, services.tokens.open(row))
+            except Exception as exc:  # best effort: the local delete happens whatever the platform says
+                log.warning(
+                    "revoking connection %s at %s failed: %s", row.id, row.provider, type(exc).__name__
+                )
+        uuid = await services.uuid_for_row(row)
+        rows = await services.store.delete_connection(row_id)
+        for r in rows:
+            services.events.removed(info_from_row(r, uuid), "disconnect")
+        return [r.id for r in rows]
+
+    async def _owned(self, connection_id: str) -> int:
+        from .crypto import USER_INDEX
+
+        session = await self.services.sessions.resolve(self.session_cookie())
+        if session is None or session.user_uuid is None or not connection_id.isdigit():
+            raise NotFound()
+        store = self.services.store
+        user = await store.get_user(self.services.keyring.digests(USER_INDEX, session.user_uuid))
+        row = await store.get_connection(int(connection_id))
+        if user is None or row is None or row.user_id != user.id:
+            raise NotFound()
+        return row.id
 
 
 class WebhookHandler(BaseHandler):
@@ -284,6 +461,9 @@ class DeletionStatusHandler(BaseHandler):
 
 class HealthHandler(BaseHandler):
     async def get(self) -> None:
+        if self.application.settings.get("draining"):
+            self.write_json({"status": "stopping"}, 503)  # a load balancer stops routing here
+            return
         try:
             await self.services.store.ping()
         except (StoreUnavailable, StoreBusy):
@@ -303,15 +483,40 @@ def provider_routes() -> list[tuple[str, type[BaseHandler]]]:
     ]
 
 
-def make_app(services: Services, extra_handlers: list[Any] | None = None) -> tornado.web.Application:
-    """The Tornado application over built services; `extra_handlers` come first (API, sandbox)."""
+def make_app(
+    services: Services, extra_handlers: list[Any] | None = None, *, api: bool | None = None
+) -> tornado.web.Application:
+    """The Tornado application over built services; `extra_handlers` (a sandbox) come first.
+
+    The internal API is mounted here when `LINKD_API_TOKEN` is set and no separate
+    `LINKD_API_PORT` asks for its own listener (then `make_api_app` serves it there).
+    """
+    settings = services.settings
+    if api is None:
+        api = bool(settings.api_token) and not settings.api_port
     handlers: list[Any] = list(extra_handlers or [])
+    if api:
+        from .api import api_routes
+
+        handlers += api_routes()
     handlers += [
         (r"/", IndexHandler),
         (r"/healthz", HealthHandler),
         (r"/logout", LogoutHandler),
+        (r"/connections/([0-9]{1,18})/disconnect", DisconnectHandler),
     ]
     handlers += provider_routes()
+    return _application(services, handlers)
+
+
+def make_api_app(services: Services) -> tornado.web.Application:
+    """Only `/api/v1` and `/healthz`, for a listener of its own (`LINKD_API_HOST`/`LINKD_API_PORT`)."""
+    from .api import api_routes
+
+    return _application(services, [(r"/healthz", HealthHandler), *api_routes()])
+
+
+def _application(services: Services, handlers: list[Any]) -> tornado.web.Application:
     https = services.settings.https
     return tornado.web.Application(
         handlers,
@@ -329,4 +534,4 @@ def make_app(services: Services, extra_handlers: list[Any] | None = None) -> tor
     )
 
 
-__all__ = ["UnknownProvider", "make_app", "parse_args"]
+__all__ = ["UnknownProvider", "make_api_app", "make_app", "parse_args"]

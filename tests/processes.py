@@ -34,7 +34,7 @@ def wait_healthy(url: str, proc: subprocess.Popen[bytes] | None = None, timeout:
 
 
 def start_linkd(
-    env_file: Path, port: int, *extra: str, stderr: object = subprocess.PIPE
+    env_file: Path, port: int, *extra: str, stderr: object = subprocess.DEVNULL
 ) -> subprocess.Popen[bytes]:
     """`linkd serve` in its own process group, secrets only in the env file (never the environment)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LINKD_", "STATE_TOKEN", "EXAMPLE_"))}

@@ -68,7 +68,9 @@ def test_duplicate_names_are_refused_naming_both_plugins() -> None:
         Registry.discover(pm, settings())
 
 
-@pytest.mark.parametrize("bad", ["", "Upper", "has space", "api", "healthz", "logout", "../x", "x" * 40, "_sandbox"])
+@pytest.mark.parametrize(
+    "bad", ["", "Upper", "has space", "api", "healthz", "logout", "../x", "x" * 40, "_sandbox"]
+)
 def test_bad_or_reserved_names_are_refused(bad: str) -> None:
     pm = get_plugin_manager(load_entry_points=False)
     pm.register(plugin_with(provider_class(bad)))
@@ -112,7 +114,9 @@ def test_event_listeners_hear_saved_connections_and_a_failing_one_breaks_nothing
     assert response.status == 200
     assert len(heard) == 1
     _, connection, created = heard[0]
-    assert created and connection.provider == "example" and connection.user_uuid == response.json()["user_uuid"]
+    assert (
+        created and connection.provider == "example" and connection.user_uuid == response.json()["user_uuid"]
+    )
     assert "token" not in json.dumps(connection.to_json()).lower().replace("_token", "")
     rows = world.run(lambda: world.services.store.delete_connections("example", ["user-1"]))
     world.run(lambda: world.services.announce_removed(rows, "disconnect"))  # the broken listener is logged

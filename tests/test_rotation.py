@@ -23,7 +23,9 @@ def test_a_rotated_secret_still_opens_sessions_and_tokens_sealed_before(tmp_path
     cookie = browser.cookie("session_id")
     first.close()
 
-    second = World(data, {"LINKD_PROVIDERS": "example", "STATE_TOKEN_SECRET": NEW, "STATE_TOKEN_SECRET_PREVIOUS": OLD})
+    second = World(
+        data, {"LINKD_PROVIDERS": "example", "STATE_TOKEN_SECRET": NEW, "STATE_TOKEN_SECRET_PREVIOUS": OLD}
+    )
     try:
         again = Browser("application/json")
         assert cookie is not None
@@ -38,7 +40,9 @@ def test_a_rotated_secret_still_opens_sessions_and_tokens_sealed_before(tmp_path
     try:
         stranger = Browser("application/json")
         response = stranger.get(third.url + "/", headers={"Cookie": f"session_id={cookie.value}"})
-        assert response.status == 200 and response.json()["user_uuid"] is None  # unknown key: no session, no 500
+        assert (
+            response.status == 200 and response.json()["user_uuid"] is None
+        )  # unknown key: no session, no 500
         row = third.run(lambda: third.services.store.get_connection(1))
         with pytest.raises(SealError):
             third.services.tokens.open(row)
@@ -52,7 +56,9 @@ def test_swapped_ciphertexts_fail_instead_of_exchanging_identities(make_world: A
     for subject in ("acct-a", "acct-b"):
         fake.next_subject = subject
         assert Browser("application/json").follow(world.url + "/example/login").status == 200
-    [(a,)], [(b,)] = (world.sql("tokens", "SELECT tokens_sealed FROM connections WHERE id = ?", (i,)) for i in (1, 2))
+    [(a,)], [(b,)] = (
+        world.sql("tokens", "SELECT tokens_sealed FROM connections WHERE id = ?", (i,)) for i in (1, 2)
+    )
     world.sql("tokens", "UPDATE connections SET tokens_sealed = ? WHERE id = 1", (b,))
     world.sql("tokens", "UPDATE connections SET tokens_sealed = ? WHERE id = 2", (a,))
     for connection_id in (1, 2):

@@ -27,6 +27,7 @@ from linkd.store import (
     ConnectionFilter,
     ConnectionWrite,
     DeletionRow,
+    Reseal,
     SessionRow,
     SQLiteStore,
     StateRow,
@@ -55,20 +56,39 @@ def _sqlite_onefile_spec(tmp: Path) -> dict[str, Any]:
     return {"backend": "sqlite", "session": path, "token": path}
 
 
+def _postgresql_spec(tmp: Path) -> dict[str, Any]:
+    from . import pg
+
+    url = pg.server().new_database()  # a fresh database on the session's server (tests/pg.py)
+    return {"backend": "postgresql", "url": url, "token": url.rsplit("/", 1)[1]}
+
+
 SPECS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "sqlite": _sqlite_spec,
     "sqlite-onefile": _sqlite_onefile_spec,
+    "postgresql": _postgresql_spec,
+}
+# These read the SQLite files themselves; tests/test_multihost.py checks PostgreSQL's schema and migrations.
+SQLITE_FILE_TESTS = {
+    "test_open_creates_schema_and_user_version",
+    "test_a_new_migration_is_applied_once_and_keeps_data",
 }
 
 
 def make_store(spec: dict[str, Any], **kw: Any) -> Store:
     if spec["backend"] == "sqlite":
         return SQLiteStore(spec["session"], spec["token"], **kw)
+    if spec["backend"] == "postgresql":
+        from linkd.store.postgresql import PostgreSQLStore
+
+        return PostgreSQLStore(spec["url"], **kw)
     raise ValueError(f"unknown backend {spec['backend']}")
 
 
 @pytest.fixture(params=sorted(SPECS))
 def spec(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    if request.param == "postgresql" and request.function.__name__ in SQLITE_FILE_TESTS:
+        pytest.skip("looks at SQLite files; PostgreSQL's schema is checked in tests/test_multihost.py")
     return SPECS[request.param](tmp_path)
 
 
@@ -527,6 +547,54 @@ def test_purge_counts_what_it_removed(store: Store) -> None:
     assert (counts["sessions"], counts["states"], counts["webhook_events"]) == (1, 1, 1)
     assert run(store.first_delivery("shopify", "old", now))  # forgotten ids count as new again
     assert run(store.purge(now)) == {"sessions": 0, "states": 0, "webhook_events": 0}
+
+
+# key rotation --------------------------------------------------------------------------------------
+def test_sessions_and_states_are_listed_in_key_order_expired_included(store: Store) -> None:
+    now = time.time()
+    sessions = [session_row(now, ttl=ttl) for ttl in (-10, 100, 200)]
+    states = [state_row("s", now, ttl=ttl)[1] for ttl in (-10, 100)]
+    for row in sessions:
+        run(store.insert_session(row))
+    for st in states:
+        run(store.insert_state(st))
+    hashes = sorted(r.id_hash for r in sessions)
+    assert [r.id_hash for r in run(store.list_sessions())] == hashes
+    assert [r.id_hash for r in run(store.list_sessions(after_hash=hashes[0], limit=1))] == hashes[1:2]
+    assert sorted(run(store.list_states()), key=lambda r: r.state_hash) == run(store.list_states())
+    assert {r.state_hash for r in run(store.list_states(limit=5))} == {r.state_hash for r in states}
+
+
+def test_rewrite_sealed_is_compare_and_set_per_cell(store: Store) -> None:
+    now = time.time()
+    user = new_user(now)
+    conn = run(store.save_link(account("shopify", "shop-1"), [], user, now)).connections[0]
+    session = session_row(now, user_uuid="u")
+    run(store.insert_session(session))
+    _, st = state_row(session.id_hash, now)
+    run(store.insert_state(st))
+    assert conn.tokens_sealed is not None and session.user_sealed is not None
+    changes = [
+        Reseal("users", user.id, "uuid_hash", user.uuid_hash, "new-hash"),
+        Reseal("users", user.id, "uuid_sealed", user.uuid_sealed, "new-uuid"),
+        Reseal("connections", conn.id, "tokens_sealed", conn.tokens_sealed, "new-tokens"),
+        Reseal("connections", conn.id, "profile_sealed", "not what it holds", "lost"),
+        Reseal("sessions", session.id_hash, "user_sealed", session.user_sealed, "new-user"),
+        Reseal("states", st.state_hash, "payload_sealed", st.payload_sealed, "new-payload"),
+        Reseal("states", "gone", "payload_sealed", st.payload_sealed, "lost"),
+    ]
+    assert run(store.rewrite_sealed(changes)) == 5
+    got_user = run(store.get_user(["new-hash"]))
+    assert got_user is not None and got_user.uuid_sealed == "new-uuid"
+    got = run(store.get_connection(conn.id))
+    assert got is not None and got.tokens_sealed == "new-tokens" and got.profile_sealed == conn.profile_sealed
+    assert [r.user_sealed for r in run(store.list_sessions())] == ["new-user"]
+    assert [r.payload_sealed for r in run(store.list_states())] == ["new-payload"]
+    assert run(store.rewrite_sealed(changes)) == 0  # every cell moved on: nothing is written twice
+    for bad in (Reseal("users", user.id, "id", user.id, "x"), Reseal("audit", 1, "actor", "a", "b")):
+        with pytest.raises(ValueError):
+            run(store.rewrite_sealed([changes[2], bad]))
+    assert run(store.get_connection(conn.id)) == got
 
 
 def test_ping_and_describe(store: Store, spec: dict[str, Any]) -> None:

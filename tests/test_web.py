@@ -133,5 +133,7 @@ def test_success_url_receives_the_browser_after_a_connect(make_world: Any) -> No
 def test_callback_success_page_shows_what_was_linked_and_no_token(make_world: Any) -> None:
     world = make_world(LINKD_PROVIDERS="example")
     response = Browser("text/html").follow(world.url + "/example/login")
-    assert response.status == 200 and "Example connected" in response.text and "Example user-1" in response.text
+    assert (
+        response.status == 200 and "Example connected" in response.text and "Example user-1" in response.text
+    )
     assert not [s for s in world.sandboxes["example"].minted if s in response.text]

@@ -105,6 +105,30 @@ class ConnectionFilter:
     limit: int = 100
 
 
+@dataclass(frozen=True)
+class Reseal:
+    """One cell rewritten by key rotation, only while it still holds `old` (compare-and-set).
+
+    `key` is the row's primary key (`users.id`, `connections.id`, `sessions.id_hash`,
+    `states.state_hash`); `column` one of `RESEALABLE[table]`.
+    """
+
+    table: str
+    key: str | int
+    column: str
+    old: str
+    new: str
+
+
+# table -> (primary key column, the columns key rotation may rewrite)
+RESEALABLE: dict[str, tuple[str, tuple[str, ...]]] = {
+    "users": ("id", ("uuid_hash", "uuid_sealed")),
+    "connections": ("id", ("tokens_sealed", "profile_sealed")),
+    "sessions": ("id_hash", ("user_sealed",)),
+    "states": ("state_hash", ("payload_sealed",)),
+}
+
+
 @dataclass
 class DeletionRow:
     code: str
@@ -150,11 +174,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def consume_state(self, state_hashes: Sequence[str]) -> StateRow | None:
-        """Atomically delete and return the state (DELETE … RETURNING); None when absent.
-
-        An expired row is deleted and returned like any other: the caller refuses it by
-        `expires_at`, so an expired state is both refused and purged in one step.
-        """
+        """Atomically delete and return the state (DELETE … RETURNING); None when absent."""
 
     # users and connections ---------------------------------------------------------------
     @abc.abstractmethod
@@ -208,12 +228,11 @@ class Store(abc.ABC):
         """Store refreshed tokens (durably) and mark the connection active."""
 
     @abc.abstractmethod
-    async def set_status(self, connection_id: int, status: str, now: float) -> None:
-        """Set "active" or "reconnect" (anything else is a ValueError)."""
+    async def set_status(self, connection_id: int, status: str, now: float) -> None: ...
 
     @abc.abstractmethod
     async def delete_connections(self, provider: str, account_ids: Sequence[str]) -> list[ConnectionRow]:
-        """Delete these accounts and their children; returns the rows removed (parents first)."""
+        """Delete these accounts and their children; returns the rows removed."""
 
     @abc.abstractmethod
     async def delete_connection(self, connection_id: int) -> list[ConnectionRow]:
@@ -222,10 +241,7 @@ class Store(abc.ABC):
     # refresh serialisation -----------------------------------------------------------------
     @abc.abstractmethod
     async def acquire_refresh_lease(self, connection_id: int, owner: str, now: float, ttl: float) -> bool:
-        """Take the connection's refresh lease if free or expired; True when taken.
-
-        Strictly "free or expired → take": even the holder cannot take it a second time.
-        """
+        """Take the connection's refresh lease if free or expired; True when taken."""
 
     @abc.abstractmethod
     async def release_refresh_lease(self, connection_id: int, owner: str) -> None: ...
@@ -234,10 +250,6 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def first_delivery(self, provider: str, event_hash: str, now: float) -> bool:
         """Record a webhook event id; True when it had not been seen."""
-
-    @abc.abstractmethod
-    async def forget_delivery(self, provider: str, event_hash: str) -> None:
-        """Un-record an event whose handling failed, so the platform's retry is processed."""
 
     @abc.abstractmethod
     async def insert_deletion(self, row: DeletionRow) -> None: ...
@@ -249,8 +261,25 @@ class Store(abc.ABC):
     async def record_audit(self, actor: str, action: str, connection_id: int | None, now: float) -> None: ...
 
     @abc.abstractmethod
-    async def list_audit(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest audit entries first."""
+    async def list_audit(self, limit: int = 100) -> list[dict[str, Any]]: ...
+
+    # key rotation ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def list_sessions(self, after_hash: str = "", limit: int = 100) -> list[SessionRow]:
+        """Sessions ordered by `id_hash`, after `after_hash`, expired ones included (key rotation)."""
+
+    @abc.abstractmethod
+    async def list_states(self, after_hash: str = "", limit: int = 100) -> list[StateRow]:
+        """States ordered by `state_hash`, after `after_hash`, expired ones included (key rotation)."""
+
+    @abc.abstractmethod
+    async def rewrite_sealed(self, changes: Sequence[Reseal]) -> int:
+        """Apply key-rotation rewrites in one short transaction per database; returns cells written.
+
+        Each cell is compare-and-set: one that no longer holds `change.old` (a refresh
+        wrote new tokens meanwhile, a state was consumed) is left alone and not counted.
+        A table or column outside `RESEALABLE` raises ValueError before anything is written.
+        """
 
     # housekeeping ----------------------------------------------------------------------------
     @abc.abstractmethod

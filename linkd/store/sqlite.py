@@ -40,11 +40,13 @@ from typing import Any, TypeVar
 from ..errors import AccountConflict, ConfigError, SessionRequired, StoreBusy, StoreUnavailable
 from . import sqlite_migrations as schema
 from .base import (
+    RESEALABLE,
     ConnectionFilter,
     ConnectionRow,
     ConnectionWrite,
     DeletionRow,
     LinkOutcome,
+    Reseal,
     SessionRow,
     StateRow,
     Store,
@@ -496,10 +498,6 @@ class SQLiteStore(Store):
             schema.TOKEN, lambda c: c.execute(sql, (provider, event_hash, now)).rowcount == 1
         )
 
-    async def forget_delivery(self, provider: str, event_hash: str) -> None:
-        sql = "DELETE FROM webhook_events WHERE provider = ? AND event_hash = ?"
-        await self._write(schema.TOKEN, lambda c: c.execute(sql, (provider, event_hash)))
-
     async def insert_deletion(self, row: DeletionRow) -> None:
         await self._write(schema.TOKEN, lambda c: _insert(c, "deletions", row))
 
@@ -518,6 +516,40 @@ class SQLiteStore(Store):
         return await self._read(
             schema.TOKEN, lambda c: [dict(zip(keys, r, strict=True)) for r in c.execute(sql, (limit,))]
         )
+
+    # key rotation ---------------------------------------------------------------------------------
+    async def list_sessions(self, after_hash: str = "", limit: int = 100) -> list[SessionRow]:
+        sql = f"SELECT {_SESSION_COLS} FROM sessions WHERE id_hash > ? ORDER BY id_hash LIMIT ?"
+        return await self._read(
+            schema.SESSION, lambda c: [SessionRow(*r) for r in c.execute(sql, (after_hash, limit))]
+        )
+
+    async def list_states(self, after_hash: str = "", limit: int = 100) -> list[StateRow]:
+        sql = f"SELECT {_STATE_COLS} FROM states WHERE state_hash > ? ORDER BY state_hash LIMIT ?"
+        return await self._read(
+            schema.SESSION, lambda c: [StateRow(*r) for r in c.execute(sql, (after_hash, limit))]
+        )
+
+    async def rewrite_sealed(self, changes: Sequence[Reseal]) -> int:
+        by_role: dict[str, list[Reseal]] = {}
+        for change in changes:
+            if change.column not in RESEALABLE.get(change.table, ("", ()))[1]:
+                raise ValueError(f"{change.table}.{change.column} is not a sealed column")
+            role = schema.SESSION if change.table in _TABLES[schema.SESSION] else schema.TOKEN
+            by_role.setdefault(role, []).append(change)
+
+        def tx(c: Conn, batch: list[Reseal]) -> int:
+            written = 0
+            for ch in batch:
+                key_column = RESEALABLE[ch.table][0]
+                sql = f"UPDATE {ch.table} SET {ch.column} = ? WHERE {key_column} = ? AND {ch.column} = ?"
+                written += c.execute(sql, (ch.new, ch.key, ch.old)).rowcount
+            return written
+
+        total = 0
+        for role, batch in by_role.items():
+            total += await self._write(role, functools.partial(tx, batch=batch))
+        return total
 
     # housekeeping ----------------------------------------------------------------------------------
     async def purge(self, now: float, event_ttl: float = 7 * 86400) -> dict[str, int]:
