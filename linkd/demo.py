@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import socket
 import tempfile
+import time
 import urllib.parse
 import webbrowser
 from collections.abc import Mapping
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pluggy
+import tornado.netutil
 
 from .config import Settings, settings_from_env
 from .crypto import random_token
@@ -28,6 +31,8 @@ from .plugins import get_plugin_manager
 from .registry import Registry
 
 log = logging.getLogger("linkd.demo")
+DEFAULT_PORT = 5000
+SECRET_FILE = "demo.secret"
 
 
 def mount_sandboxes(
@@ -52,9 +57,20 @@ def mount_sandboxes(
 
 
 def sandbox_settings(
-    base_url: str, data_dir: str, pm: pluggy.PluginManager, extra: Mapping[str, str] | None = None
+    base_url: str,
+    data_dir: str,
+    pm: pluggy.PluginManager,
+    extra: Mapping[str, str] | None = None,
+    *,
+    sandbox_url: str | None = None,
 ) -> tuple[Settings, list[Any], dict[str, Any]]:
-    """Settings for a linkd whose providers all talk to sandboxes served at `base_url`."""
+    """Settings for a linkd at `base_url` whose providers all talk to sandboxes.
+
+    The sandboxes' handlers are meant to be served at `sandbox_url` (default: `base_url`,
+    the same server). Another origin there (e.g. `http://localhost:PORT` while linkd is
+    `http://127.0.0.1:PORT`) makes the trip to the consent page and back cross-site, as
+    with a real platform: that is how the browser test proves the session cookie survives it.
+    """
     port = urllib.parse.urlsplit(base_url).port or 80
     env = {
         "STATE_TOKEN_SECRET": random_token(48),
@@ -66,46 +82,100 @@ def sandbox_settings(
         "LINKD_PROVIDERS_DIR": str(Path(data_dir) / "providers.d"),
         **(extra or {}),
     }
-    handlers, sandbox_env, states = mount_sandboxes(base_url, pm, settings_from_env(env))
+    handlers, sandbox_env, states = mount_sandboxes(sandbox_url or base_url, pm, settings_from_env(env))
     return settings_from_env({**sandbox_env, **env}), handlers, states
 
 
-def _pick_port(preferred: int | None) -> int:
-    for candidate in [preferred] if preferred else [5000, 0]:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", candidate))
-            except OSError:
-                if preferred:
-                    raise SystemExit(
-                        f"linkd demo: port {preferred} is in use; pick another with --port"
-                    ) from None
-                continue
-            return int(s.getsockname()[1])
+def kept_secret(directory: Path) -> str:
+    """The demo's secret for a data dir it keeps, so the next `--data-dir` run can open that data.
+
+    Demo data only: a real deployment's secret never sits beside its databases.
+    """
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = directory / SECRET_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    secret = random_token(48)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
+    return secret
+
+
+def _bind(preferred: int | None) -> list[socket.socket]:
+    """Listening sockets on 127.0.0.1: the port asked for, else 5000, else any free one."""
+    for candidate in [preferred] if preferred else [DEFAULT_PORT, 0]:
+        try:
+            return tornado.netutil.bind_sockets(candidate, "127.0.0.1")
+        except OSError:
+            if preferred:
+                raise SystemExit(
+                    f"linkd demo: port {preferred} is in use; pick another with --port"
+                ) from None
     raise SystemExit("linkd demo: no free port")
 
 
-def run_demo(port: int | None, data_dir: str | None, open_browser: bool, log_level: str = "INFO") -> int:
-    from .daemon import run_forever
+def instructions(url: str, settings: Settings, pm: pluggy.PluginManager, data: str) -> str:
+    """What the newcomer reads in the terminal: where to go and what to click, from the providers."""
+    registry = Registry.discover(pm, settings)
+    entries = sorted(
+        (e for e in registry.entries.values() if e.enabled), key=lambda e: not e.cls.may_start_user
+    )
+    lines = [
+        "",
+        "linkd demo: the whole service on this machine, with sandbox (fake) platforms.",
+        "Nothing is sent to any real platform and no account anywhere is needed.",
+        "",
+        f"  Open {url}/ in your browser.",
+        "",
+    ]
+    for step, entry in enumerate(entries, start=1):
+        title = entry.cls.display_name()
+        typed = f"type any {entry.cls.account_hint} name (e.g. acme), " if entry.cls.account_hint else ""
+        joins = "" if entry.cls.may_start_user else " (it joins the profile started above)"
+        lines.append(f"  {step}. {title}: {typed}press Connect {title}, then approve{joins}.")
+    lines += [
+        "  What was linked is shown on the page you land on after each approval.",
+        "",
+        f"  Data: {data}",
+        "  Press Ctrl-C to stop.",
+        "",
+    ]
+    return "\n".join(lines)
 
+
+def run_demo(port: int | None, data_dir: str | None, open_browser: bool, log_level: str = "INFO") -> int:
+    """Serve linkd and the sandboxes on 127.0.0.1 until Ctrl-C; say where the data was."""
+    from .daemon import Worker, protect_secrets
+
+    started = time.monotonic()
     setup_logging(log_level)
-    port = _pick_port(port)
+    sockets = _bind(port)
+    port = int(sockets[0].getsockname()[1])
     temporary = data_dir is None
     directory = data_dir or tempfile.mkdtemp(prefix="linkd-demo-")
     base_url = f"http://127.0.0.1:{port}"
-    settings, handlers, _ = sandbox_settings(base_url, directory, get_plugin_manager())
-    print(f"linkd demo is running: open {base_url}/ in your browser.", flush=True)
-    print(
-        "Connect a Shopify store (any name, e.g. 'acme'), approve on the sandbox page, then connect Facebook."
+    pm = get_plugin_manager()
+    extra = {} if temporary else {"STATE_TOKEN_SECRET": kept_secret(Path(directory))}
+    settings, handlers, _ = sandbox_settings(base_url, directory, pm, extra)
+    protect_secrets(settings)
+    where = (
+        f"{directory} (temporary: removed when the demo stops)"
+        if temporary
+        else f"{directory} (kept, with the demo's secret in {SECRET_FILE})"
     )
-    print("Everything runs on 127.0.0.1 against built-in fake platforms. Press Ctrl-C to stop.", flush=True)
+    print(instructions(base_url, settings, pm, where), flush=True)
+    log.info("demo listening on %s, %.0f ms after start", base_url, 1000 * (time.monotonic() - started))
     if open_browser:
         webbrowser.open(base_url + "/")
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_forever(settings, handlers))
-    if temporary:
-        shutil.rmtree(directory, ignore_errors=True)
-        print(f"\nlinkd demo stopped; its temporary data in {directory} was removed.")
-    else:
-        print(f"\nlinkd demo stopped; its data is kept in {directory}.")
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(Worker(settings, sockets, handlers).run())
+    finally:
+        if temporary:
+            shutil.rmtree(directory, ignore_errors=True)
+            print(f"\nlinkd demo stopped; its temporary data in {directory} was removed.", flush=True)
+        else:
+            print(f"\nlinkd demo stopped; its data is kept in {directory}.", flush=True)
     return 0

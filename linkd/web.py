@@ -18,8 +18,8 @@ from typing import Any
 
 import tornado.web
 
+from .admin import Admin
 from .errors import LinkdError, NotFound, StoreBusy, StoreUnavailable, UnknownProvider
-from .events import info_from_row
 from .logs import log_request, request_id
 from .provider import Args, WebhookRequest
 from .service import CoreWebhookActions, Services
@@ -369,39 +369,11 @@ class DisconnectHandler(BaseHandler):
 
     async def post(self, connection_id: str) -> None:
         row_id = await self._owned(connection_id)
-        removed = await self._disconnect(row_id)
+        removal = await Admin(self.services, actor="browser").disconnect(row_id)
         if self.wants_json():
-            self.write_json({"status": "ok", "removed": removed})
+            self.write_json({"status": "ok", "removed": [int(r["id"]) for r in removal.removed]})
         else:
             self.redirect("/?notice=disconnected", status=303)
-
-    async def _disconnect(self, row_id: int) -> list[int]:
-        """Revoke (best effort), delete with children, tell plugins; the ids removed."""
-        try:
-            from .admin import Admin
-        except ImportError:  # the admin use-cases are unavailable: the same steps, without the audit record
-            log.warning("linkd.admin is not importable; disconnecting without an audit record")
-            return await self._revoke_then_delete(row_id)
-        removal = await Admin(self.services, actor="browser").disconnect(row_id)
-        return [int(r["id"]) for r in removal.removed]
-
-    async def _revoke_then_delete(self, row_id: int) -> list[int]:
-        services = self.services
-        row = await services.store.get_connection(row_id)
-        if row is None:
-            raise NotFound()
-        if row.tokens_sealed:
-            try:
-                await services.registry.get(row.provider).revoke(row.account_id, services.tokens.open(row))
-            except Exception as exc:  # best effort: the local delete happens whatever the platform says
-                log.warning(
-                    "revoking connection %s at %s failed: %s", row.id, row.provider, type(exc).__name__
-                )
-        uuid = await services.uuid_for_row(row)
-        rows = await services.store.delete_connection(row_id)
-        for r in rows:
-            services.events.removed(info_from_row(r, uuid), "disconnect")
-        return [r.id for r in rows]
 
     async def _owned(self, connection_id: str) -> int:
         from .crypto import USER_INDEX

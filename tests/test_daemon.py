@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
-import json
 import itertools
+import json
 import os
 import secrets
 import signal
