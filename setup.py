@@ -26,6 +26,7 @@ setup(
         "postgresql": ["psycopg[binary]>=3.1", "psycopg_pool>=3.2"],
         "test": [
             "pytest>=8",
+            "wheel",
             "hypothesis>=6.100",
             "playwright>=1.40",
             "psycopg[binary]>=3.1",
@@ -38,6 +39,7 @@ setup(
         "linkd": [
             "shopify = providers.shopify",
             "facebook = providers.facebook",
+            "oauth2 = providers.oauth2",
         ],
     },
 )

@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import __version__
+from . import __version__, scaffold
 from .config import Settings, load_settings
 from .crypto import random_token
 from .errors import ConfigError, LinkdError
@@ -136,17 +136,27 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
 
-    async def run() -> dict[str, int]:
+    async def run() -> tuple[dict[str, int], list[tuple[str, str]]]:
         services = await build_services(settings)
         try:
             await services.store.ping()
-            return await services.store.counts()
+            disabled = [
+                (e.name, p) for e in services.registry.entries.values() if not e.enabled for p in e.problems
+            ]
+            return await services.store.counts(), disabled
         finally:
             await services.close()
 
-    counts = asyncio.run(run())
+    counts, disabled = asyncio.run(run())
+    for name, problem in disabled:
+        print(f"warning: provider {name} disabled: {problem}", file=sys.stderr)
     print(f"configuration ok; database ok ({', '.join(f'{k}={v}' for k, v in counts.items())})")
     return 0
+
+
+@command("new-provider", "write a ready-to-install provider plugin package", scaffold.add_arguments)
+def cmd_new_provider(args: argparse.Namespace) -> int:
+    return scaffold.run(args)
 
 
 def _purge_flags(parser: argparse.ArgumentParser) -> None:

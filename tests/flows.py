@@ -128,7 +128,22 @@ class FacebookDriver(Driver):
         return list(world.sandboxes["facebook"].secrets())
 
 
+class DeclaredDriver(ExampleDriver):
+    """A platform declared in a TOML file (tests/providers.d/declared.toml), no code at all."""
+
+    name = "declared"
+    login_path = "/declared/login"
+    providers = "declared"
+
+    def exchanges(self, world: Any) -> int:
+        return int(world.sandboxes["declared"].counts.get("token", 0))
+
+    def verifiers(self, world: Any) -> list[str]:
+        return [r["code_verifier"] for r in world.sandboxes["declared"].token_requests if r.get("code_verifier")]
+
+
 DRIVERS: dict[str, Callable[[], Driver]] = {
+    "declared": DeclaredDriver,
     "example": ExampleDriver,
     "shopify": ShopifyDriver,
     "facebook": FacebookDriver,

@@ -11,6 +11,7 @@ import hashlib
 import re
 import stat
 import urllib.parse
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ import pytest
 from .browser import Browser
 from .flows import DRIVERS, Driver, query_of
 
+DECLARED_DIR = Path(__file__).parent / "providers.d"
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
 
@@ -28,7 +30,8 @@ def driver(request: Any) -> Driver:
 
 @pytest.fixture
 def pworld(make_world: Any, driver: Driver) -> Any:
-    return make_world()  # every installed provider, each on its sandbox
+    # every installed provider and the declared one, each on its sandbox
+    return make_world(LINKD_PROVIDERS_DIR=str(DECLARED_DIR))
 
 
 def state_count(world: Any) -> int:
