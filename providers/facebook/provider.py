@@ -60,7 +60,7 @@ class FacebookProvider(Provider):
     pkce = True
     description = (
         "Links the Facebook Pages you manage, each with its own Page token. Facebook joins an existing "
-        "profile: connect the account that starts your profile (your store) first."
+        "profile: connect a platform that starts a profile first."
     )
     signed_request_max_age: ClassVar[float] = 24 * 3600.0
     webhook_kinds: ClassVar[tuple[str, ...]] = ("deauthorize", "data-deletion")
