@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from linkd.admin import KeyRotation
 from linkd.crypto import Keyring, random_token
 from linkd.errors import SealError
+from linkd.rotation import KeyRotation
 from linkd.service import Services
 from linkd.store import SQLiteStore
 

@@ -576,6 +576,107 @@ def test_socket_activation_serves_the_inherited_socket(
     assert daemon.stop()[0] == 0
 
 
+# -- the internal API on a listener of its own ------------------------------------------------------
+
+
+def api_get(url: str, token: str | None) -> Response:
+    return Browser("application/json").get(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+
+
+def test_the_api_port_serves_the_api_only_the_main_port_everything_else_and_both_drain(
+    start: Callable[..., Daemon], notify: NotifySocket, fake: Fake
+) -> None:
+    token, api_port = secrets.token_urlsafe(40), free_port()
+    daemon = start(
+        env={"NOTIFY_SOCKET": notify.address},
+        LINKD_API_TOKEN=token,
+        LINKD_API_PORT=str(api_port),
+        LINKD_SHUTDOWN_TIMEOUT="5",
+    )
+    notify.wait("READY", "1")
+    _, serving = notify.wait("STATUS", "serving on")
+    assert f"127.0.0.1:{daemon.port} with 1 worker(s), API on 127.0.0.1:{api_port}" in serving
+    api = f"http://127.0.0.1:{api_port}"
+    fake.state.expires_in = 60  # inside the refresh margin: every token read refreshes first
+    assert connect_flow(Browser("application/json"), daemon.url).status == 200
+
+    listed = api_get(f"{api}/api/v1/connections", token)
+    assert listed.status == 200, listed.text
+    (connection,) = listed.json()["connections"]
+    assert api_get(f"{api}/api/v1/connections", None).status == 401
+    assert api_get(f"{daemon.url}/api/v1/connections", token).status == 404  # not on the public port
+    assert api_get(f"{daemon.url}/api/v1/openapi.json", token).status == 404
+    assert get(f"{api}/example/login").status == 404  # the OAuth routes are not on the API port
+    assert get(f"{api}/").status == 404
+    assert get(f"{api}/healthz").status == 200
+
+    # a token read in flight on the API port (held at the platform's token endpoint) finishes
+    fake.entered.clear()
+    fake.release.clear()
+    url = f"{api}/api/v1/connections/{connection['id']}/token"
+    thread, result = in_background(lambda: api_get(url, token))
+    assert fake.entered.wait(10), "the token read never reached the token endpoint"
+    daemon.signal(signal.SIGTERM)
+    notify.wait("STOPPING", "1")
+    deadline = time.monotonic() + 5  # both listeners stop accepting while the request drains
+    while (accepts(api_port) or accepts(daemon.port)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not accepts(api_port) and not accepts(daemon.port)
+    assert daemon.proc.poll() is None  # still waiting for the request in flight
+
+    fake.release.set()
+    thread.join(10)
+    (response,) = result
+    assert isinstance(response, Response), response
+    assert response.status == 200, response.text
+    assert response.json()["access_token"] in fake.state.minted
+    assert daemon.proc.wait(10) == 0
+    log = daemon.log()
+    assert "1 request(s) finished, 0 cut at the deadline" in log
+    assert token not in log
+
+
+def test_socket_activation_still_binds_the_api_port_itself(
+    start: Callable[..., Daemon], notify: NotifySocket
+) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    activated = listener.getsockname()[1]
+    token, api_port = secrets.token_urlsafe(40), free_port()
+    wrapper = [sys.executable, "-c", ACTIVATE, str(listener.fileno())]
+    daemon = start(
+        env={"NOTIFY_SOCKET": notify.address},
+        wrapper=wrapper,
+        pass_fds=(listener.fileno(),),
+        LINKD_API_TOKEN=token,
+        LINKD_API_PORT=str(api_port),
+    )
+    listener.close()
+    notify.wait("READY", "1")
+    assert api_get(f"http://127.0.0.1:{api_port}/api/v1/openapi.json", token).status == 200
+    assert api_get(f"http://127.0.0.1:{activated}/api/v1/openapi.json", token).status == 404
+    assert get(f"http://127.0.0.1:{activated}/healthz").status == 200
+    assert daemon.stop()[0] == 0
+
+
+def test_an_api_port_that_is_taken_fails_the_start(
+    start: Callable[..., Daemon], notify: NotifySocket
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        api_port = taken.getsockname()[1]
+        daemon = start(
+            env={"NOTIFY_SOCKET": notify.address},
+            LINKD_API_TOKEN=secrets.token_urlsafe(40),
+            LINKD_API_PORT=str(api_port),
+        )
+        assert daemon.proc.wait(START_TIMEOUT) == 1
+    assert f"cannot listen on 127.0.0.1:{api_port} for the API" in daemon.log()
+    assert not accepts(daemon.port)  # the main socket was released, not left bound
+
+
 # -- failures ---------------------------------------------------------------------------------------
 
 

@@ -85,7 +85,11 @@ def make_store(spec: dict[str, Any], **kw: Any) -> Store:
     raise ValueError(f"unknown backend {spec['backend']}")
 
 
-@pytest.fixture(params=sorted(SPECS))
+@pytest.fixture(
+    params=[
+        pytest.param(n, marks=[pytest.mark.postgresql] if n == "postgresql" else []) for n in sorted(SPECS)
+    ]
+)
 def spec(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
     if request.param == "postgresql" and request.function.__name__ in SQLITE_FILE_TESTS:
         pytest.skip("looks at SQLite files; PostgreSQL's schema is checked in tests/test_multihost.py")
@@ -791,3 +795,12 @@ def test_a_long_lock_raises_store_busy_while_reads_and_ping_stay_fast(paths: dic
     run(s.record_audit("test", "after", None, now))  # and the store works once the lock is gone
     assert [e["action"] for e in run(s.list_audit())] == ["after"]
     run(s.close())
+
+
+
+def test_a_forgotten_delivery_is_processed_again(store: Store) -> None:
+    now = time.time()
+    assert run(store.first_delivery("shopify", "evt-2", now))
+    assert not run(store.first_delivery("shopify", "evt-2", now + 1))
+    run(store.forget_delivery("shopify", "evt-2"))  # its handling failed: the platform's retry must act
+    assert run(store.first_delivery("shopify", "evt-2", now + 2))

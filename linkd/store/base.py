@@ -174,7 +174,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def consume_state(self, state_hashes: Sequence[str]) -> StateRow | None:
-        """Atomically delete and return the state (DELETE … RETURNING); None when absent."""
+        """Atomically delete and return the state (DELETE … RETURNING); None when absent.
+
+        An expired row is deleted and returned like any other: the caller refuses it by
+        `expires_at`, so an expired state is both refused and purged in one step.
+        """
 
     # users and connections ---------------------------------------------------------------
     @abc.abstractmethod
@@ -228,11 +232,12 @@ class Store(abc.ABC):
         """Store refreshed tokens (durably) and mark the connection active."""
 
     @abc.abstractmethod
-    async def set_status(self, connection_id: int, status: str, now: float) -> None: ...
+    async def set_status(self, connection_id: int, status: str, now: float) -> None:
+        """Set "active" or "reconnect" (anything else is a ValueError)."""
 
     @abc.abstractmethod
     async def delete_connections(self, provider: str, account_ids: Sequence[str]) -> list[ConnectionRow]:
-        """Delete these accounts and their children; returns the rows removed."""
+        """Delete these accounts and their children; returns the rows removed (parents first)."""
 
     @abc.abstractmethod
     async def delete_connection(self, connection_id: int) -> list[ConnectionRow]:
@@ -241,7 +246,10 @@ class Store(abc.ABC):
     # refresh serialisation -----------------------------------------------------------------
     @abc.abstractmethod
     async def acquire_refresh_lease(self, connection_id: int, owner: str, now: float, ttl: float) -> bool:
-        """Take the connection's refresh lease if free or expired; True when taken."""
+        """Take the connection's refresh lease if free or expired; True when taken.
+
+        Strictly "free or expired → take": even the holder cannot take it a second time.
+        """
 
     @abc.abstractmethod
     async def release_refresh_lease(self, connection_id: int, owner: str) -> None: ...
@@ -250,6 +258,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def first_delivery(self, provider: str, event_hash: str, now: float) -> bool:
         """Record a webhook event id; True when it had not been seen."""
+
+    @abc.abstractmethod
+    async def forget_delivery(self, provider: str, event_hash: str) -> None:
+        """Un-record an event whose handling failed, so the platform's retry is processed."""
 
     @abc.abstractmethod
     async def insert_deletion(self, row: DeletionRow) -> None: ...
@@ -261,7 +273,8 @@ class Store(abc.ABC):
     async def record_audit(self, actor: str, action: str, connection_id: int | None, now: float) -> None: ...
 
     @abc.abstractmethod
-    async def list_audit(self, limit: int = 100) -> list[dict[str, Any]]: ...
+    async def list_audit(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest audit entries first."""
 
     # key rotation ----------------------------------------------------------------------------
     @abc.abstractmethod

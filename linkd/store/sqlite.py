@@ -1,43 +1,20 @@
 """The embedded SQLite backend: WAL files shared by every worker process and CLI command.
 
-Durability (D1): the *token* database (users, connections, webhook ids, deletions,
-audit) runs `synchronous=FULL`, so a committed token write survives a power loss,
-not only a `kill -9`. The *session* database (sessions, states) runs
-`synchronous=NORMAL`: in WAL mode that still survives any process crash, and a
-power loss may lose only the last sessions or states created (the person signs
-in again), never a token. When both paths name one file, FULL applies to it.
-
-Contention (D3): each connection waits `busy_timeout` (150 ms) inside SQLite; an
-outer loop retries until `lock_wait` seconds have passed, then raises `StoreBusy`.
-Writes start with `BEGIN IMMEDIATE`, so a transaction never fails half-way on a
-lock upgrade. Reads and `ping()` run on their own single thread and connections:
-WAL readers never wait for a writer, so a writer stuck behind another process's
-lock delays neither `/healthz` nor lookups.
-
-Files (D4): the data directory is created 0700 and database files 0600 (SQLite
-gives `-wal`/`-shm` the mode of the main file); opening refuses files or a
-directory that group or others can access.
+The pieces: `sqlite_engine.py` (connections, transactions and their retries, files and
+migrations: durability D1, contention D3, file modes D4 are explained there),
+`sqlite_tx.py` (the bodies of the multi-statement transactions) and
+`sqlite_migrations.py` (the schema). This module is the `Store` interface in SQL.
 """
 
 # ruff: noqa: S608 -- SQL text interpolates only module constants and "?" lists; values are always bound.
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
-import os
-import random
-import sqlite3
-import stat
-import threading
-import time
-import urllib.parse
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
-from ..errors import AccountConflict, ConfigError, SessionRequired, StoreBusy, StoreUnavailable
+from ..errors import StoreBusy
 from . import sqlite_migrations as schema
 from .base import (
     RESEALABLE,
@@ -52,13 +29,24 @@ from .base import (
     Store,
     UserRow,
 )
+from .sqlite_engine import SQLiteEngine
+from .sqlite_tx import (
+    _CONN_COLS,
+    _DELETION_COLS,
+    _SESSION_COLS,
+    _STATE_COLS,
+    _USER_COLS,
+    Conn,
+    _by_id,
+    _connection,
+    _delete_ids,
+    _insert,
+    _one,
+    _qs,
+    _row,
+    _save_link,
+)
 
-T = TypeVar("T")
-Conn = sqlite3.Connection
-
-_BUSY_TIMEOUT_MS = 150
-_PING_TIMEOUT = 2.0
-_MIN_SQLITE = (3, 35, 0)  # DELETE … RETURNING
 _TABLES = {
     schema.SESSION: ("sessions", "states"),
     schema.TOKEN: ("users", "connections", "webhook_events", "deletions", "audit"),
@@ -66,265 +54,11 @@ _TABLES = {
 _STATUSES = ("active", "reconnect")
 
 
-def _cols(cls: type) -> str:
-    return ", ".join(f.name for f in fields(cls))
+class SQLiteStore(SQLiteEngine, Store):
+    """Sessions and states in one database, tokens and everything else in another (or one file).
 
-
-_SESSION_COLS = _cols(SessionRow)
-_STATE_COLS = _cols(StateRow)
-_USER_COLS = _cols(UserRow)
-_CONN_COLS = _cols(ConnectionRow)
-_DELETION_COLS = _cols(DeletionRow)
-
-
-def _qs(values: Sequence[Any]) -> str:
-    return ", ".join("?" * len(values))
-
-
-def _is_busy(exc: sqlite3.Error) -> bool:
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
-    return "locked" in str(exc) or "busy" in str(exc)
-
-
-def _unavailable(exc: sqlite3.Error) -> StoreUnavailable:
-    """A StoreUnavailable naming only SQLite's error code: no path, no SQL, no value."""
-    return StoreUnavailable(sqlite_error=getattr(exc, "sqlite_errorname", type(exc).__name__))
-
-
-class _Pool:
-    """One connection per (thread, file), created on first use and tracked so close() reaches all."""
-
-    def __init__(self, connect: Callable[[str], Conn]) -> None:
-        self._connect = connect
-        self._local = threading.local()
-        self._all: list[Conn] = []
-        self._lock = threading.Lock()
-
-    def get(self, path: str) -> Conn:
-        conns: dict[str, Conn] = self._local.__dict__.setdefault("conns", {})
-        conn = conns.get(path)
-        if conn is None:
-            conn = conns[path] = self._connect(path)
-            with self._lock:
-                self._all.append(conn)
-        return conn
-
-    def discard(self, path: str) -> None:
-        """Drop this thread's connection after a hard error; the next call reconnects."""
-        conn = self._local.__dict__.get("conns", {}).pop(path, None)
-        if conn is not None:
-            with self._lock:
-                self._all.remove(conn)
-            conn.close()
-
-    def close_all(self) -> None:
-        with self._lock:
-            conns, self._all = self._all, []
-        for conn in conns:
-            conn.close()
-
-
-class SQLiteStore(Store):
-    """Sessions and states in one database, tokens and everything else in another (or one file)."""
-
-    def __init__(
-        self, session_db_path: str, token_db_path: str, *, lock_wait: float = 5.0, threads: int = 4
-    ) -> None:
-        self._paths = {
-            schema.SESSION: os.path.abspath(session_db_path),
-            schema.TOKEN: os.path.abspath(token_db_path),
-        }
-        self._roles: dict[str, list[str]] = {}  # path -> roles it holds, in schema.ROLES order
-        for role in schema.ROLES:
-            self._roles.setdefault(self._paths[role], []).append(role)
-        self._lock_wait = lock_wait
-        self._threads = threads
-        # Connections are made and used in one pool thread each; check_same_thread is off
-        # only so that close() can close them from the closing thread once the pools stopped.
-        self._writer_conns = _Pool(functools.partial(self._connect, query_only=False))
-        self._reader_conns = _Pool(functools.partial(self._connect, query_only=True))
-        self._writers: ThreadPoolExecutor | None = None
-        self._reader: ThreadPoolExecutor | None = None
-
-    # plumbing -----------------------------------------------------------------------------
-    def _connect(self, path: str, *, query_only: bool) -> Conn:
-        uri = "file:" + urllib.parse.quote(path) + "?mode=rw"  # never create a file with the umask's mode
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=0.0)
-        try:
-            sync = "FULL" if schema.TOKEN in self._roles[path] else "NORMAL"
-            conn.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA foreign_keys = ON")
-            conn.execute(f"PRAGMA synchronous = {sync}")
-            conn.execute("PRAGMA journal_size_limit = 67108864")
-            conn.execute("PRAGMA secure_delete = ON")  # deleted rows are zeroed, not left in free pages
-            if query_only:
-                conn.execute("PRAGMA query_only = ON")
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    def _attempts(self, pool: _Pool, path: str, fn: Callable[[Conn], T], begin: str | None, wait: float) -> T:
-        """Run fn in one transaction, retrying while the database is locked, up to `wait` seconds."""
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                conn = pool.get(path)
-                if begin is None:
-                    return fn(conn)
-                conn.execute(begin)
-                try:
-                    result = fn(conn)
-                    conn.execute("COMMIT")
-                    return result
-                finally:
-                    if conn.in_transaction:
-                        try:
-                            conn.execute("ROLLBACK")
-                        except sqlite3.Error:
-                            pool.discard(path)
-            except sqlite3.Error as exc:
-                if not _is_busy(exc):
-                    if not isinstance(exc, sqlite3.IntegrityError):
-                        pool.discard(path)
-                    raise _unavailable(exc) from exc
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise StoreBusy() from None
-                time.sleep(min(remaining, random.uniform(0.002, 0.02)))  # noqa: S311 -- jitter, not a secret
-
-    async def _write(self, role: str, fn: Callable[[Conn], T], *, wait: float | None = None) -> T:
-        """A write transaction (BEGIN IMMEDIATE) on one of the writer threads."""
-        budget = self._lock_wait if wait is None else wait
-        call = functools.partial(
-            self._attempts, self._writer_conns, self._paths[role], fn, "BEGIN IMMEDIATE", budget
-        )
-        return await asyncio.get_running_loop().run_in_executor(self._executor(self._writers), call)
-
-    async def _read(self, role: str, fn: Callable[[Conn], T], *, wait: float | None = None) -> T:
-        """A read snapshot on the reader thread, which never queues behind writers."""
-        budget = self._lock_wait if wait is None else wait
-        call = functools.partial(self._attempts, self._reader_conns, self._paths[role], fn, "BEGIN", budget)
-        return await asyncio.get_running_loop().run_in_executor(self._executor(self._reader), call)
-
-    @staticmethod
-    def _executor(executor: ThreadPoolExecutor | None) -> ThreadPoolExecutor:
-        if executor is None:
-            raise StoreUnavailable("The store is not open.")
-        return executor
-
-    # lifecycle ------------------------------------------------------------------------------
-    async def open(self) -> None:
-        if sqlite3.sqlite_version_info < _MIN_SQLITE:
-            raise ConfigError([f"SQLite >= 3.35 is required, this Python has {sqlite3.sqlite_version}"])
-        if self._writers is not None:
-            return  # already open
-        self._writers = ThreadPoolExecutor(self._threads, thread_name_prefix="linkd-sqlite-write")
-        self._reader = ThreadPoolExecutor(1, thread_name_prefix="linkd-sqlite-read")
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._writers, self._prepare_files)
-            await loop.run_in_executor(self._writers, self._migrate_all)
-            await self.ping()  # also opens the reader connections before any request needs them
-        except BaseException:
-            await self.close()
-            raise
-
-    def _prepare_files(self) -> None:
-        """Create the directory (0700) and files (0600); refuse ones that others can read (D4)."""
-        problems: list[str] = []
-        for directory in sorted({os.path.dirname(p) for p in self._roles}):
-            if not os.path.isdir(directory):
-                os.makedirs(os.path.dirname(directory), exist_ok=True)
-                try:
-                    os.mkdir(directory, 0o700)
-                    os.chmod(directory, 0o700)
-                except FileExistsError:
-                    pass  # another process made it: checked below like any existing one
-            mode = stat.S_IMODE(os.stat(directory).st_mode)
-            if mode & 0o077:
-                problems.append(
-                    f"{directory}: data directory is accessible by group or others "
-                    f"(mode {mode:o}); run chmod 700 on it"
-                )
-        for path in self._roles:
-            for name in (path, path + "-wal", path + "-shm"):
-                if os.path.exists(name):
-                    mode = stat.S_IMODE(os.stat(name).st_mode)
-                    if mode & 0o077:
-                        problems.append(
-                            f"{name}: database file is readable by group or others "
-                            f"(mode {mode:o}); run chmod 600 on it"
-                        )
-        if problems:
-            raise ConfigError(problems)
-        for path in self._roles:
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            except FileExistsError:
-                continue
-            try:
-                os.fchmod(fd, 0o600)  # exact mode, whatever the umask
-            finally:
-                os.close(fd)
-
-    def _migrate_all(self) -> None:
-        for path, roles in self._roles.items():
-            mode = self._attempts(
-                self._writer_conns,
-                path,
-                lambda c: str(c.execute("PRAGMA journal_mode = WAL").fetchone()[0]),
-                None,
-                self._lock_wait,
-            )
-            if mode.lower() != "wal":
-                raise ConfigError([f"{path}: SQLite cannot use WAL journal mode here (got {mode})"])
-            try:
-                self._attempts(
-                    self._writer_conns,
-                    path,
-                    functools.partial(schema.migrate, roles=roles),
-                    "BEGIN IMMEDIATE",
-                    max(self._lock_wait, 30.0),
-                )
-            except schema.SchemaTooNew:
-                raise ConfigError([f"{path}: the database was migrated by a newer linkd"]) from None
-            for name in (path + "-wal", path + "-shm"):
-                with contextlib.suppress(OSError):  # absent, or not ours: _prepare_files checked those
-                    os.chmod(name, 0o600)
-
-    async def close(self) -> None:
-        def stop() -> None:
-            for executor in (self._writers, self._reader):
-                if executor is not None:
-                    executor.shutdown(wait=True)
-            self._writers = self._reader = None
-            self._writer_conns.close_all()
-            self._reader_conns.close_all()
-
-        await asyncio.to_thread(stop)
-
-    async def ping(self) -> None:
-        try:
-            for role in self._distinct_roles():
-                await asyncio.wait_for(
-                    self._read(
-                        role, lambda c: c.execute("SELECT count(*) FROM sqlite_master").fetchone(), wait=0
-                    ),
-                    _PING_TIMEOUT,
-                )
-        except (StoreBusy, TimeoutError):
-            raise StoreUnavailable() from None
-
-    def _distinct_roles(self) -> list[str]:
-        return [roles[0] for roles in self._roles.values()]
-
-    def describe(self) -> str:
-        if len(self._roles) == 1:
-            return f"sqlite:{self._paths[schema.TOKEN]}"
-        return f"sqlite: sessions={self._paths[schema.SESSION]} tokens={self._paths[schema.TOKEN]}"
+    `SQLiteEngine` opens, migrates, closes and pings them; the methods here are the queries.
+    """
 
     # sessions -------------------------------------------------------------------------------
     async def insert_session(self, row: SessionRow) -> None:
@@ -459,22 +193,6 @@ class SQLiteStore(Store):
             await self._write(schema.TOKEN, lambda c: _delete_ids(c, [connection_id]))
         )
 
-    async def _scrubbed(self, removed: list[ConnectionRow]) -> list[ConnectionRow]:
-        """After a deletion, fold the WAL into the zeroed main file and truncate it, so the
-        removed account leaves no trace in `-wal` either (best effort: a busy reader defers it)."""
-        if removed:
-            call = functools.partial(
-                self._attempts,
-                self._writer_conns,
-                self._paths[schema.TOKEN],
-                lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone(),
-                None,
-                0.5,
-            )
-            with contextlib.suppress(StoreBusy, StoreUnavailable):
-                await asyncio.get_running_loop().run_in_executor(self._executor(self._writers), call)
-        return removed
-
     # refresh serialisation --------------------------------------------------------------------
     async def acquire_refresh_lease(self, connection_id: int, owner: str, now: float, ttl: float) -> bool:
         sql = (
@@ -497,6 +215,10 @@ class SQLiteStore(Store):
         return await self._write(
             schema.TOKEN, lambda c: c.execute(sql, (provider, event_hash, now)).rowcount == 1
         )
+
+    async def forget_delivery(self, provider: str, event_hash: str) -> None:
+        sql = "DELETE FROM webhook_events WHERE provider = ? AND event_hash = ?"
+        await self._write(schema.TOKEN, lambda c: c.execute(sql, (provider, event_hash)))
 
     async def insert_deletion(self, row: DeletionRow) -> None:
         await self._write(schema.TOKEN, lambda c: _insert(c, "deletions", row))
@@ -576,126 +298,3 @@ class SQLiteStore(Store):
 
             result.update(zip(tables, await self._read(role, count), strict=True))
         return result
-
-
-# transaction bodies (run on a pool thread inside one transaction) --------------------------------
-def _insert(c: Conn, table: str, row: Any) -> None:
-    names = [f.name for f in fields(row)]
-    values = [getattr(row, n) for n in names]
-    c.execute(f"INSERT INTO {table} ({', '.join(names)}) VALUES ({_qs(values)})", values)
-
-
-def _one(cls: Callable[..., T], cursor: sqlite3.Cursor) -> T | None:
-    row = cursor.fetchone()
-    return cls(*row) if row is not None else None
-
-
-def _by_id(row: ConnectionRow) -> int:
-    return row.id
-
-
-def _connection(c: Conn, connection_id: int) -> ConnectionRow | None:
-    return _one(
-        ConnectionRow, c.execute(f"SELECT {_CONN_COLS} FROM connections WHERE id = ?", (connection_id,))
-    )
-
-
-def _delete_ids(c: Conn, ids: list[int]) -> list[ConnectionRow]:
-    """Delete connections and their children; the given rows first, then the children."""
-    if not ids:
-        return []
-    children = c.execute(
-        f"DELETE FROM connections WHERE parent_id IN ({_qs(ids)}) AND id NOT IN ({_qs(ids)}) "
-        f"RETURNING {_CONN_COLS}",
-        [*ids, *ids],
-    ).fetchall()
-    parents = c.execute(
-        f"DELETE FROM connections WHERE id IN ({_qs(ids)}) RETURNING {_CONN_COLS}", ids
-    ).fetchall()
-    return sorted(map(_row, parents), key=_by_id) + sorted(map(_row, children), key=_by_id)
-
-
-def _row(values: Sequence[Any]) -> ConnectionRow:
-    return ConnectionRow(*values)
-
-
-def _upsert(c: Conn, w: ConnectionWrite, user_id: str, parent_id: int | None, now: float) -> int:
-    """Insert or update by (provider, account_id), keeping id, user and created_at."""
-    row = c.execute(
-        "INSERT INTO connections (user_id, provider, account_id, parent_id, name, kind, tokens_sealed, "
-        "profile_sealed, scopes, status, expires_at, refresh_expires_at, created_at, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'active', ?, ?, ?, ?) "
-        "ON CONFLICT (provider, account_id) DO UPDATE SET parent_id = excluded.parent_id, "
-        "name = excluded.name, kind = excluded.kind, tokens_sealed = excluded.tokens_sealed, "
-        "profile_sealed = excluded.profile_sealed, scopes = excluded.scopes, status = 'active', "
-        "expires_at = excluded.expires_at, refresh_expires_at = excluded.refresh_expires_at, "
-        "updated_at = excluded.updated_at RETURNING id",
-        (
-            user_id,
-            w.provider,
-            w.account_id,
-            parent_id,
-            w.name,
-            w.kind,
-            w.tokens_sealed,
-            w.profile_sealed,
-            w.scopes,
-            w.expires_at,
-            w.refresh_expires_at,
-            now,
-            now,
-        ),
-    ).fetchone()
-    return int(row[0])
-
-
-def _owner(c: Conn, provider: str, account_id: str) -> str | None:
-    row = c.execute(
-        "SELECT user_id FROM connections WHERE provider = ? AND account_id = ?", (provider, account_id)
-    ).fetchone()
-    return str(row[0]) if row is not None else None
-
-
-def _save_link(
-    c: Conn, account: ConnectionWrite, hashes: Sequence[str], new_user: UserRow | None, now: float
-) -> LinkOutcome:
-    owner_id = _owner(c, account.provider, account.account_id)
-    session_user = None
-    if hashes:
-        sql = f"SELECT {_USER_COLS} FROM users WHERE uuid_hash IN ({_qs(hashes)}) LIMIT 1"
-        session_user = _one(UserRow, c.execute(sql, list(hashes)))
-    if owner_id is not None and session_user is not None and owner_id != session_user.id:
-        raise AccountConflict()
-    created = False
-    if owner_id is not None:
-        user = _one(UserRow, c.execute(f"SELECT {_USER_COLS} FROM users WHERE id = ?", (owner_id,)))
-        assert user is not None  # the foreign key guarantees it
-    elif session_user is not None:
-        user = session_user
-    elif new_user is not None:
-        _insert(c, "users", new_user)
-        user, created = new_user, True
-    else:
-        raise SessionRequired()
-    primary_id = _upsert(c, account, user.id, None, now)
-    ids = [primary_id]
-    for child in account.children:
-        if (child.provider, child.account_id) == (account.provider, account.account_id):
-            raise ValueError("an account cannot be its own child")
-        child_owner = _owner(c, child.provider, child.account_id)
-        if child_owner is not None and child_owner != user.id:
-            raise AccountConflict()
-        child_id = _upsert(c, child, user.id, primary_id, now)
-        if child_id not in ids:
-            ids.append(child_id)
-    stale = c.execute(
-        f"DELETE FROM connections WHERE parent_id = ? AND id NOT IN ({_qs(ids)}) RETURNING {_CONN_COLS}",
-        [primary_id, *ids],
-    ).fetchall()
-    rows = [_connection(c, i) for i in ids]
-    return LinkOutcome(
-        user=user,
-        created_user=created,
-        connections=[r for r in rows if r is not None],
-        removed=sorted(map(_row, stale), key=_by_id),
-    )
