@@ -72,6 +72,9 @@ def sandbox_settings(
     with a real platform: that is how the browser test proves the session cookie survives it.
     """
     port = urllib.parse.urlsplit(base_url).port or 80
+    declared = Path(data_dir) / "providers.d"  # a TOML file dropped here is a demo provider too
+    Path(data_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+    declared.mkdir(mode=0o700, exist_ok=True)
     env = {
         "STATE_TOKEN_SECRET": random_token(48),
         "SESSION_DB_PATH": str(Path(data_dir) / "sessions.db"),
@@ -79,7 +82,7 @@ def sandbox_settings(
         "LINKD_HOST": "127.0.0.1",
         "LINKD_PORT": str(port),
         "LINKD_PUBLIC_URL": base_url,
-        "LINKD_PROVIDERS_DIR": str(Path(data_dir) / "providers.d"),
+        "LINKD_PROVIDERS_DIR": str(declared),
         **(extra or {}),
     }
     handlers, sandbox_env, states = mount_sandboxes(sandbox_url or base_url, pm, settings_from_env(env))

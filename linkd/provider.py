@@ -283,7 +283,12 @@ class Provider:
         raise NotImplementedError
 
     async def revoke(self, account_id: str, tokens: TokenSet) -> None:
-        """Revoke the grant at the platform (best effort; the core deletes locally anyway)."""
+        """Revoke the grant at the platform; raise ProviderError when the platform did not take it.
+
+        The core deletes locally whatever happens, and reports a failed revocation to the
+        operator (`revoke_failed`), so do not swallow failures here. A grant that is already
+        gone counts as revoked.
+        """
 
     async def webhook(self, request: WebhookRequest, actions: WebhookActions) -> WebhookResponse:
         """Handle a platform-to-linkd notification. Verify its signature first."""

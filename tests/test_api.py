@@ -55,7 +55,11 @@ def connection_id(world: Any, account: str) -> int:
 def current_token(world: Any, subject: str) -> str:
     fake = world.sandboxes["example"]
     return str(
-        next(t for t in reversed(fake.minted) if t.startswith("at_") and fake.access.get(t) == subject)
+        next(
+            t
+            for t in reversed(fake.minted)
+            if t.startswith("at_") and t in fake.access and fake.access[t].subject == subject
+        )
     )
 
 

@@ -16,6 +16,7 @@ from linkd.errors import SealError
 from linkd.rotation import KeyRotation
 from linkd.service import Services
 from linkd.store import SQLiteStore
+from providers.oauth2_sandbox import Grant
 
 from .browser import Browser
 from .conftest import World, linkd_cli
@@ -300,7 +301,7 @@ def test_rotation_never_overwrites_what_the_daemon_wrote_meanwhile(worlds: World
     # the new fake never issued the old grant: teach it, as the real platform would know it
     [(sealed,)] = daemon.sql("tokens", "SELECT tokens_sealed FROM connections WHERE id = ?", (cid,))
     old_tokens = Keyring(OLD).open("connection:example:user-1", sealed)
-    fake.refresh[old_tokens["refresh_token"]] = "user-1"
+    fake.refresh[old_tokens["refresh_token"]] = Grant(subject="user-1", hint=None, scope="profile")
 
     async def rotate() -> Any:
         store = RacingStore(daemon.settings.session_db_path, daemon.settings.token_db_path)

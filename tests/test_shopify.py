@@ -649,14 +649,22 @@ def test_refresh_timeout_is_a_provider_error(fake: Fake) -> None:
     fake.run(flow, timeout=0.5)
 
 
-def test_revoke_is_best_effort(fake: Fake, caplog: pytest.LogCaptureFixture) -> None:
-    async def flow(provider: ShopifyProvider) -> None:
-        await provider.revoke(SHOP, TokenSet(access_token="shpat_unknown"))
+def test_revoke_of_a_dead_token_counts_as_done_and_a_failure_is_raised(
+    fake: Fake, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def dead(provider: ShopifyProvider) -> None:
+        await provider.revoke(SHOP, TokenSet(access_token="shpat_unknown"))  # 401: already uninstalled
 
-    with caplog.at_level(logging.WARNING, "linkd.providers.shopify"):
-        fake.run(flow)
-    assert fake.state.requests("graphql") == 1 and fake.state.uninstalled == []
-    assert "uninstall failed" in caplog.text and "shpat_unknown" not in caplog.text
+    async def failing(provider: ShopifyProvider) -> None:
+        with pytest.raises(ProviderError):
+            await provider.revoke(SHOP, TokenSet(access_token="shpat_unknown"))
+
+    with caplog.at_level(logging.WARNING):
+        fake.run(dead)
+        fake.state.fail_next("graphql", "500")
+        fake.run(failing)
+    assert fake.state.requests("graphql") == 2 and fake.state.uninstalled == []
+    assert "shpat_unknown" not in caplog.text
 
 
 def test_token_answers_are_read_defensively() -> None:

@@ -207,17 +207,23 @@ class ShopifyProvider(Provider):
         return token_set(answer, previous=tokens)
 
     async def revoke(self, account_id: str, tokens: TokenSet) -> None:
-        """Uninstall the app from the shop (`appUninstall`), best effort: failures are logged only."""
+        """Uninstall the app from the shop (`appUninstall`); ProviderError when Shopify did not confirm."""
         try:
             shop = normalise_shop(account_id)
+        except BadRequest:
+            raise ProviderError("The stored shop is not a valid shop domain.") from None
+        try:
             data = await self._graphql(shop, tokens.access_token, UNINSTALL_MUTATION)
-        except (ProviderError, BadRequest) as exc:
-            log.warning("shopify uninstall failed: %s", type(exc).__name__)
-            return
+        except ProviderError as exc:
+            response = exc.data.get("response")
+            if response is not None and response.status == 401:
+                return  # the token is dead: the app is already uninstalled from this shop
+            raise
         result = data.get("appUninstall")
         errors = result.get("userErrors") if isinstance(result, dict) else None
         if not isinstance(result, dict) or errors:
             log.warning("shopify uninstall for %s was not confirmed", shop)
+            raise ProviderError("Shopify did not confirm the uninstall.")
 
     async def webhook(self, request: WebhookRequest, actions: WebhookActions) -> WebhookResponse:
         return await handle_webhook(request, actions, self.secrets)
