@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
+from . import migrate
 from .cli import admin_flags, command, print_json, print_table, with_services
 from .errors import ConfigError
 
@@ -94,3 +95,12 @@ class ProgressBar:
         if self.enabled and self.table is not None:
             sys.stderr.write("\n")
             sys.stderr.flush()
+
+
+@command(
+    "migrate-store",
+    "copy the SQLite files into PostgreSQL (resumable, verified)",
+    migrate.add_arguments,
+)
+def cmd_migrate_store(args: argparse.Namespace) -> int:
+    return migrate.run(args)

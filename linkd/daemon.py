@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import urllib.parse
 from typing import Any
 
 import tornado.netutil
@@ -62,6 +63,8 @@ __all__ = [
 def protect_secrets(settings: Settings, registry: Registry | None = None) -> None:
     """Register every secret value the settings hold, so no log line can ever carry one."""
     register_secret(settings.secret, *settings.previous_secrets, settings.api_token, settings.database_url)
+    if settings.database_url:  # the password alone too, wherever a driver message might quote it
+        register_secret(urllib.parse.unquote(urllib.parse.urlsplit(settings.database_url).password or ""))
     registry = registry or discover(settings)[1]
     for entry in registry.entries.values():
         for setting in entry.cls.settings:
