@@ -74,7 +74,7 @@ class Driver:
         return list(world.sandboxes[self.name].minted)
 
     def platform_says(self, world: Any, url: str, **changes: str | None) -> str:
-        """The callback URL as the platform itself would send it with these changes (re-signed if it signs)."""
+        """The callback URL as the platform would send it with these changes (re-signed if it signs)."""
         return with_query(url, **changes)
 
 
@@ -139,7 +139,9 @@ class DeclaredDriver(ExampleDriver):
         return int(world.sandboxes["declared"].counts.get("token", 0))
 
     def verifiers(self, world: Any) -> list[str]:
-        return [r["code_verifier"] for r in world.sandboxes["declared"].token_requests if r.get("code_verifier")]
+        return [
+            r["code_verifier"] for r in world.sandboxes["declared"].token_requests if r.get("code_verifier")
+        ]
 
 
 DRIVERS: dict[str, Callable[[], Driver]] = {

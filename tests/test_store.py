@@ -797,7 +797,6 @@ def test_a_long_lock_raises_store_busy_while_reads_and_ping_stay_fast(paths: dic
     run(s.close())
 
 
-
 def test_a_forgotten_delivery_is_processed_again(store: Store) -> None:
     now = time.time()
     assert run(store.first_delivery("shopify", "evt-2", now))
