@@ -209,8 +209,9 @@ class BaseHandler(tornado.web.RequestHandler):
             value = parse_args(self.request.query).get(hint)
         except LinkdError:
             value = None
-        if value is None and len(self.path_args) > 1:
-            value = self.path_args[1]
+        path_args = getattr(self, "path_args", None) or []  # unset when Tornado could not decode the URL
+        if value is None and len(path_args) > 1:
+            value = path_args[1]
         if not value:
             return None
         try:
@@ -311,7 +312,8 @@ class IndexHandler(BaseHandler):
 
 class LoginHandler(BaseHandler):
     def flow_provider(self) -> str | None:
-        return self.path_args[0] if self.path_args else None
+        args = getattr(self, "path_args", None)  # unset when Tornado could not decode the URL
+        return args[0] if args else None
 
     async def get(self, provider: str, account: str | None = None) -> None:
         start = await self.services.linker.start(provider, self.args(), account, self.session_cookie())
@@ -322,7 +324,8 @@ class LoginHandler(BaseHandler):
 
 class CallbackHandler(BaseHandler):
     def flow_provider(self) -> str | None:
-        return self.path_args[0] if self.path_args else None
+        args = getattr(self, "path_args", None)  # unset when Tornado could not decode the URL
+        return args[0] if args else None
 
     async def get(self, provider: str) -> None:
         done = await self.services.linker.complete(provider, self.args(), self.session_cookie())

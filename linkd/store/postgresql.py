@@ -190,12 +190,15 @@ class PostgreSQLStore(Store):
         reason = _scrub(str(exc), self._url) or _code(exc)
         return StoreUnavailable(f"Cannot reach the PostgreSQL database at {self._where}: {reason}")
 
-    def _attempts(self, fn: Callable[[Conn], T], tx: bool, wait: float) -> T:
-        """Run fn in one transaction on a pooled connection, retrying lost races up to `wait` seconds."""
+    def _attempts(self, fn: Callable[[Conn], T], tx: bool, deadline: float) -> T:
+        """Run fn in one transaction on a pooled connection, retrying lost races until `deadline`.
+
+        The deadline is fixed when the call is submitted (see `_run`), so calls queued for a
+        pool thread do not each get a fresh wait budget.
+        """
         pool = self._pool
         if pool is None:
             raise StoreUnavailable("The store is not open.")
-        deadline = time.monotonic() + wait
         reconnects = 0
         while True:
             remaining = deadline - time.monotonic()
@@ -231,7 +234,7 @@ class PostgreSQLStore(Store):
         executor = self._executor
         if executor is None:
             raise StoreUnavailable("The store is not open.")
-        call = functools.partial(self._attempts, fn, tx, budget)
+        call = functools.partial(self._attempts, fn, tx, time.monotonic() + budget)
         return await asyncio.get_running_loop().run_in_executor(executor, call)
 
     async def _one_statement(self, sql: str, args: Sequence[Any] = ()) -> int:

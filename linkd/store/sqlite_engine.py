@@ -130,9 +130,14 @@ class SQLiteEngine:
             raise
         return conn
 
-    def _attempts(self, pool: _Pool, path: str, fn: Callable[[Conn], T], begin: str | None, wait: float) -> T:
-        """Run fn in one transaction, retrying while the database is locked, up to `wait` seconds."""
-        deadline = time.monotonic() + wait
+    def _attempts(
+        self, pool: _Pool, path: str, fn: Callable[[Conn], T], begin: str | None, deadline: float
+    ) -> T:
+        """Run fn in one transaction, retrying while the database is locked, until `deadline`.
+
+        The deadline (time.monotonic) is fixed when the call is submitted, not when a pool thread
+        picks it up: a burst queued behind a held lock answers 503 after one wait budget, not several.
+        """
         while True:
             try:
                 conn = pool.get(path)
@@ -163,14 +168,20 @@ class SQLiteEngine:
         """A write transaction (BEGIN IMMEDIATE) on one of the writer threads."""
         budget = self._lock_wait if wait is None else wait
         call = functools.partial(
-            self._attempts, self._writer_conns, self._paths[role], fn, "BEGIN IMMEDIATE", budget
+            self._attempts,
+            self._writer_conns,
+            self._paths[role],
+            fn,
+            "BEGIN IMMEDIATE",
+            time.monotonic() + budget,
         )
         return await asyncio.get_running_loop().run_in_executor(self._executor(self._writers), call)
 
     async def _read(self, role: str, fn: Callable[[Conn], T], *, wait: float | None = None) -> T:
         """A read snapshot on the reader thread, which never queues behind writers."""
         budget = self._lock_wait if wait is None else wait
-        call = functools.partial(self._attempts, self._reader_conns, self._paths[role], fn, "BEGIN", budget)
+        deadline = time.monotonic() + budget
+        call = functools.partial(self._attempts, self._reader_conns, self._paths[role], fn, "BEGIN", deadline)
         return await asyncio.get_running_loop().run_in_executor(self._executor(self._reader), call)
 
     @staticmethod
@@ -241,7 +252,7 @@ class SQLiteEngine:
                 path,
                 lambda c: str(c.execute("PRAGMA journal_mode = WAL").fetchone()[0]),
                 None,
-                self._lock_wait,
+                time.monotonic() + self._lock_wait,
             )
             if mode.lower() != "wal":
                 raise ConfigError([f"{path}: SQLite cannot use WAL journal mode here (got {mode})"])
@@ -251,7 +262,7 @@ class SQLiteEngine:
                     path,
                     functools.partial(schema.migrate, roles=roles),
                     "BEGIN IMMEDIATE",
-                    max(self._lock_wait, 30.0),
+                    time.monotonic() + max(self._lock_wait, 30.0),
                 )
             except schema.SchemaTooNew:
                 raise ConfigError([f"{path}: the database was migrated by a newer linkd"]) from None
@@ -300,7 +311,7 @@ class SQLiteEngine:
                 self._paths[schema.TOKEN],
                 lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone(),
                 None,
-                0.5,
+                time.monotonic() + 0.5,
             )
             with contextlib.suppress(StoreBusy, StoreUnavailable):
                 await asyncio.get_running_loop().run_in_executor(self._executor(self._writers), call)
