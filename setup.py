@@ -1,14 +1,14 @@
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
-version = {}
-exec((HERE / "linkd" / "version.py").read_text(), version)
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "linkd" / "version.py").read_text()).group(1)
 
 setup(
     name="linkd",
-    version=version["__version__"],
+    version=VERSION,
     description="Account-linking daemon: OAuth connect flows for several platforms under one user UUID",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
