@@ -46,26 +46,38 @@ MIN_SECRET_LENGTH = 6
 
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
+_literals: tuple[str, ...] = ()  # the registered secrets, longest first (kept sorted on registration)
 
 
 def register_secret(*values: str | None) -> None:
     """Values that must never appear in a log line (redacted wherever they occur)."""
+    global _literals
     with _secrets_lock:
         _secrets.update(v for v in values if v and len(v) >= MIN_SECRET_LENGTH)
+        _literals = tuple(sorted(_secrets, key=len, reverse=True))
 
 
 def redact(text: str) -> str:
-    """`text` with anything that looks like, or is, a secret replaced by `[redacted]`."""
-    with _secrets_lock:
-        literals = sorted(_secrets, key=len, reverse=True)
-    for value in literals:
+    """`text` with anything that looks like, or is, a secret replaced by `[redacted]`.
+
+    Runs on every log line (the access log included), so each pattern is only tried when
+    the characters it needs are present.
+    """
+    for value in _literals:
         if value in text:
             text = text.replace(value, REDACTED)
-    text = _QUERY.sub("?" + REDACTED, text)
-    text = _JSON_FIELD.sub(lambda m: f"{m.group(1)}{m.group(3)}{REDACTED}{m.group(3)}", text)
-    text = _PAIR.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
-    text = _RAW_HEADER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
-    return _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+    if "?" in text:
+        text = _QUERY.sub("?" + REDACTED, text)
+    if '"' in text or "'" in text:
+        text = _JSON_FIELD.sub(lambda m: f"{m.group(1)}{m.group(3)}{REDACTED}{m.group(3)}", text)
+    if "=" in text:
+        text = _PAIR.sub(lambda m: f"{m.group(1)}={REDACTED}", text)
+    lowered = text.lower()
+    if "invalid header" in lowered:
+        text = _RAW_HEADER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+    if "bearer" in lowered or "basic" in lowered:
+        text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+    return text
 
 
 class KeyValueFormatter(logging.Formatter):
