@@ -11,12 +11,15 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import socket
+import time
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.netutil import DefaultLoopResolver, Resolver
 
 from .errors import ProviderError
 
@@ -58,13 +61,40 @@ def base_url_problem(url: str) -> str | None:
     return "must be an https:// URL (http:// is accepted for a loopback host only)"
 
 
+class CachingResolver(Resolver):
+    """getaddrinfo answers kept `ttl` seconds: a provider call then costs no resolver thread hop.
+
+    Tornado's default resolver runs getaddrinfo in a thread for every connection; linkd talks
+    to a handful of platform hosts over and over, so their addresses are worth keeping briefly.
+    """
+
+    def initialize(self, ttl: float = 30.0) -> None:
+        self.inner = DefaultLoopResolver()
+        self.ttl = ttl
+        self.cache: dict[tuple[str, int, int], tuple[float, list[tuple[int, Any]]]] = {}
+
+    async def resolve(
+        self, host: str, port: int, family: socket.AddressFamily = socket.AF_UNSPEC
+    ) -> list[tuple[int, Any]]:
+        key = (host, port, int(family))
+        now = time.monotonic()
+        hit = self.cache.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        result: list[tuple[int, Any]] = await self.inner.resolve(host, port, family)
+        if len(self.cache) > 1024:
+            self.cache.clear()
+        self.cache[key] = (now + self.ttl, result)
+        return result
+
+
 class Upstream:
     """The HTTP client providers use. One per process, shared by every provider."""
 
     def __init__(self, timeout: float, client: AsyncHTTPClient | None = None, max_clients: int = 256) -> None:
         self.timeout = timeout
         self.client = client or AsyncHTTPClient(
-            max_clients=max_clients, force_instance=True, max_body_size=MAX_BODY
+            max_clients=max_clients, force_instance=True, max_body_size=MAX_BODY, resolver=CachingResolver()
         )
 
     async def request(

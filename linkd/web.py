@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import itertools
 import logging
+import os
 import re
 import secrets
 import urllib.parse
@@ -31,6 +33,25 @@ MAX_QUERY_FIELDS = 200
 MAX_QUERY_LENGTH = 8192
 SEGMENT = r"([^/]{1,64})"
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+
+
+class _RequestIds:
+    """A per-process random prefix and a counter: request ids only correlate log lines, so they
+    need no fresh randomness per request; the prefix is redrawn in each forked worker."""
+
+    pid = 0
+    prefix = ""
+    counter = itertools.count(1)
+
+    def next(self) -> str:
+        if self.pid != os.getpid():
+            self.pid, self.prefix, self.counter = os.getpid(), secrets.token_hex(3), itertools.count(1)
+        return f"{self.prefix}{next(self.counter):06x}"
+
+
+next_request_id = _RequestIds().next
+
+
 CSP = "default-src 'none'; style-src 'self'; img-src 'self'; base-uri 'none'; frame-ancestors 'none'"
 ERROR_HEADINGS = {
     "invalid_state": "This sign-in link has expired",
@@ -77,7 +98,7 @@ class BaseHandler(tornado.web.RequestHandler):
 
     # request plumbing ---------------------------------------------------------------
     def prepare(self) -> None:
-        rid = secrets.token_hex(6)
+        rid = next_request_id()
         request_id.set(rid)
         self.set_header("X-Request-Id", rid)
 
