@@ -10,6 +10,7 @@ long-lived user token do not expire, so only the user token is refreshed).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 import urllib.parse
@@ -106,13 +107,14 @@ class FacebookProvider(Provider):
             callback.code, self.context.redirect_uri, callback.code_verifier
         )
         user_token, expires_in = await self.graph.long_lived(short_token)
-        me = await self.graph.get("me", user_token, {"fields": "id,name"})
+        # the user and their Pages are independent reads: one round trip to Graph instead of two
+        me, pages = await asyncio.gather(
+            self.graph.get("me", user_token, {"fields": "id,name"}),
+            self.graph.get_all("me/accounts", user_token, {"fields": "id,name,category,access_token"}),
+        )
         if not isinstance(me, dict) or not _is_id(me.get("id")):
             raise ProviderError()
         user_id = me["id"]
-        pages = await self.graph.get_all(
-            "me/accounts", user_token, {"fields": "id,name,category,access_token"}
-        )
         children: list[Account] = []
         seen: set[str] = set()
         for page in pages:
