@@ -67,6 +67,26 @@ class ConnectionWrite:
     refresh_expires_at: float | None
     children: list[ConnectionWrite] = field(default_factory=list)
 
+    def row_values(self, user_id: str, parent_id: int | None, now: float) -> tuple[Any, ...]:
+        """The values of an inserted row, in the column order both backends use: user_id, provider,
+        account_id, parent_id, name, kind, tokens_sealed, profile_sealed, scopes, expires_at,
+        refresh_expires_at, created_at, updated_at."""
+        return (
+            user_id,
+            self.provider,
+            self.account_id,
+            parent_id,
+            self.name,
+            self.kind,
+            self.tokens_sealed,
+            self.profile_sealed,
+            self.scopes,
+            self.expires_at,
+            self.refresh_expires_at,
+            now,
+            now,
+        )
+
 
 @dataclass
 class ConnectionRow:

@@ -690,22 +690,7 @@ def _upsert(
     Returns the row and whether it is new. The update applies only while the row belongs
     to `user_id`: None means the account is someone else's (now, or since we looked).
     """
-    args = (
-        user_id,
-        w.provider,
-        w.account_id,
-        parent_id,
-        w.name,
-        w.kind,
-        w.tokens_sealed,
-        w.profile_sealed,
-        w.scopes,
-        w.expires_at,
-        w.refresh_expires_at,
-        now,
-        now,
-    )
-    row = c.execute(_UPSERT, args).fetchone()
+    row = c.execute(_UPSERT, w.row_values(user_id, parent_id, now)).fetchone()
     return (ConnectionRow(*row[:-1]), bool(row[-1])) if row is not None else None
 
 

@@ -85,21 +85,7 @@ def _upsert(c: Conn, w: ConnectionWrite, user_id: str, parent_id: int | None, no
         "profile_sealed = excluded.profile_sealed, scopes = excluded.scopes, status = 'active', "
         "expires_at = excluded.expires_at, refresh_expires_at = excluded.refresh_expires_at, "
         "updated_at = excluded.updated_at RETURNING id",
-        (
-            user_id,
-            w.provider,
-            w.account_id,
-            parent_id,
-            w.name,
-            w.kind,
-            w.tokens_sealed,
-            w.profile_sealed,
-            w.scopes,
-            w.expires_at,
-            w.refresh_expires_at,
-            now,
-            now,
-        ),
+        w.row_values(user_id, parent_id, now),
     ).fetchone()
     return int(row[0])
 
