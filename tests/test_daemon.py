@@ -19,7 +19,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -36,6 +35,7 @@ from linkd.logs import redact, register_secret
 from linkd.systemd import Notifier, listen_sockets, watchdog_interval
 
 from .browser import Browser, Response
+from .processes import NotifySocket, alive, children_of
 from .servers import ServerThread, free_port
 
 START_TIMEOUT = 20.0
@@ -99,64 +99,11 @@ def fake() -> Iterator[Fake]:
 # -- the notify socket ------------------------------------------------------------------------------
 
 
-class NotifySocket:
-    """The datagram socket systemd listens on; remembers every `KEY=value` line with its arrival time."""
-
-    def __init__(self, address: str) -> None:
-        self.address = address
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind("\0" + address[1:] if address.startswith("@") else address)
-        self.lines: list[tuple[float, str, str]] = []
-        self.cursor = 0
-
-    def _receive(self, timeout: float) -> bool:
-        self.sock.settimeout(max(timeout, 0.001))
-        try:
-            data = self.sock.recv(4096)
-        except TimeoutError:
-            return False
-        now = time.monotonic()
-        for line in data.decode().splitlines():
-            key, _, value = line.partition("=")
-            self.lines.append((now, key, value))
-        return True
-
-    def wait(self, key: str, value: str = "", timeout: float = START_TIMEOUT) -> tuple[float, str]:
-        """The next `key=value…` line after those already waited for: (arrival time, value)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for i in range(self.cursor, len(self.lines)):
-                at, k, v = self.lines[i]
-                if k == key and v.startswith(value):
-                    self.cursor = i + 1
-                    return at, v
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no {key}={value}… within {timeout}s; got {self.lines}")
-            self._receive(remaining)
-
-    def collect(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while (remaining := deadline - time.monotonic()) > 0:
-            self._receive(remaining)
-
-    def times(self, key: str, since: float, until: float = float("inf")) -> list[float]:
-        return [at for at, k, _ in self.lines if k == key and since <= at <= until]
-
-    def close(self) -> None:
-        self.sock.close()
-        if not self.address.startswith("@"):
-            with contextlib.suppress(OSError):
-                os.unlink(self.address)
-
-
 @pytest.fixture
 def notify() -> Iterator[NotifySocket]:
-    directory = tempfile.mkdtemp(prefix="linkd-notify-")  # short: AF_UNIX paths are limited to 108 bytes
-    sock = NotifySocket(os.path.join(directory, "notify"))
+    sock = NotifySocket(timeout=START_TIMEOUT)
     yield sock
     sock.close()
-    os.rmdir(directory)
 
 
 # -- the daemon -------------------------------------------------------------------------------------
@@ -199,30 +146,6 @@ class Daemon:
                     os.kill(pid, signal.SIGKILL)
             self.proc.kill()
             self.proc.wait(10)
-
-
-def children_of(parent: int) -> set[int]:
-    """Live (non-zombie) processes whose parent is `parent`, read from /proc."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-        if int(ppid) == parent and state != "Z":
-            found.add(int(entry))
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.fixture

@@ -14,13 +14,10 @@ import itertools
 import os
 import re
 import secrets
-import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -37,7 +34,7 @@ from providers.shopify import ShopifyProvider
 
 from ..browser import Browser, Response
 from ..flows import to_callback
-from ..processes import wait_healthy
+from ..processes import NotifySocket, alive, children_of, rss_kb, wait_healthy
 from ..servers import ServerThread, free_port
 
 HERE = Path(__file__).resolve().parent
@@ -153,83 +150,7 @@ def fakes() -> Iterator[Fakes]:
     served.server.stop()
 
 
-# -- processes, read from /proc ----------------------------------------------------------------------
-def children_of(parent: int) -> set[int]:
-    """Live (non-zombie) processes whose parent is `parent`."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
-        if int(ppid) == parent and state != "Z":
-            found.add(int(entry))
-    return found
-
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 # -- a running linkd ---------------------------------------------------------------------------------
-class NotifySocket:
-    """The datagram socket systemd would listen on: how the test knows every worker serves.
-
-    The supervisor says `STATUS=serving on … with N worker(s)` once all workers are ready,
-    at start and again after it replaced a dead worker (READY=1 only the first time).
-    """
-
-    def __init__(self) -> None:
-        self.directory = tempfile.mkdtemp(prefix="linkd-sys-")  # short: AF_UNIX paths are limited
-        self.path = os.path.join(self.directory, "notify")
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(self.path)
-        self.messages: list[str] = []
-
-    def _receive(self, timeout: float) -> bool:
-        self.sock.settimeout(max(timeout, 0.0001))
-        try:
-            self.messages.append(self.sock.recv(65536).decode("utf-8", "replace"))
-        except TimeoutError:
-            return False
-        return True
-
-    def mark(self) -> int:
-        """A cursor: messages after it are news."""
-        while self._receive(0):
-            pass
-        return len(self.messages)
-
-    def wait_for(self, text: str, since: int, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            for message in self.messages[since:]:
-                if text in message:
-                    return message
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no {text!r} from linkd within {timeout}s: {self.messages[since:]}")
-            self._receive(remaining)
-
-    def close(self) -> None:
-        self.sock.close()
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-
 @dataclass
 class Linkd:
     """One `linkd serve` (a supervisor and its workers) in its own process group."""
@@ -258,7 +179,7 @@ class Linkd:
 
     def start(self) -> Linkd:
         env = {k: v for k, v in os.environ.items() if not k.startswith(CLEAN_PREFIXES)}
-        env["NOTIFY_SOCKET"] = self.notify.path
+        env["NOTIFY_SOCKET"] = self.notify.address
         mark = self.notify.mark()
         argv = [sys.executable, "-m", "linkd", "serve", "--env-file", str(self.env_file)]
         with open(self.log_path, "ab") as log:
