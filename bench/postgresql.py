@@ -49,41 +49,15 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the checkout (tests.pg), when run as `python bench/postgresql.py`
+import procs  # noqa: E402 - bench/procs.py, beside this script
 
-TICKS = os.sysconf("SC_CLK_TCK")
 SECRET = "QmVuY2gtcG9zdGdyZXNxbC1zZWNyZXQtd2l0aC1lbm91Z2gtZW50cm9weS0yMDI2"
 
 
 # process CPU from /proc ---------------------------------------------------------------------------
-def _stat(pid: int) -> list[str]:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rpartition(")")[2].split()
-
-
-def tree(pid: int) -> list[int]:
-    """`pid` and its live descendants."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError, IndexError):
-                children.setdefault(int(_stat(int(entry))[1]), []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo += children.get(current, [])
-    return found
-
-
 def cpu_seconds(pids: list[int]) -> float:
     """utime + stime of these process trees, in seconds (exited children are not counted)."""
-    total = 0
-    for root in pids:
-        for p in tree(root):
-            with contextlib.suppress(OSError, IndexError):
-                fields = _stat(p)
-                total += int(fields[11]) + int(fields[12])
-    return total / TICKS
+    return sum(procs.cpu_seconds(root) for root in pids)
 
 
 # the fake platform, in its own process --------------------------------------------------------------
