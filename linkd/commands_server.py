@@ -78,18 +78,25 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
 
-    async def run() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    async def run() -> tuple[dict[str, int], list[tuple[str, str]], tuple[int, int]]:
         services = await build_services(settings)
         try:
             await services.store.ping()
             disabled = [
                 (e.name, p) for e in services.registry.entries.values() if not e.enabled for p in e.problems
             ]
-            return await services.store.counts(), disabled
+            return await services.store.counts(), disabled, services.store.schema_change
         finally:
             await services.close()
 
-    counts, disabled = asyncio.run(run())
+    counts, disabled, (before, after) = asyncio.run(run())
+    if before != after:
+        print(
+            f"database schema was version {before}, older than this linkd's {after}: migrated now"
+            if before
+            else f"database was empty: schema version {after} created",
+            file=sys.stderr,
+        )
     for name, problem in disabled:
         print(f"warning: provider {name} disabled: {problem}", file=sys.stderr)
     print(f"configuration ok; database ok ({', '.join(f'{k}={v}' for k, v in counts.items())})")

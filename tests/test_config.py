@@ -83,3 +83,20 @@ def test_serve_refuses_a_provider_enabled_by_name_but_unconfigured(tmp_path) -> 
 def test_secret_command_prints_a_strong_secret() -> None:
     first, second = linkd_cli("secret").stdout.strip(), linkd_cli("secret").stdout.strip()
     assert first != second and secret_problem("STATE_TOKEN_SECRET", first) is None
+
+
+def test_check_validates_the_database_and_says_when_it_created_or_upgraded_the_schema(tmp_path) -> None:
+    env = {
+        "STATE_TOKEN_SECRET": GOOD,
+        "SESSION_DB_PATH": str(tmp_path / "data" / "s.db"),
+        "TOKEN_DB_PATH": str(tmp_path / "data" / "t.db"),
+        "LINKD_PROVIDERS_DIR": str(tmp_path),
+    }
+    first = linkd_cli("check", env=env, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "database ok" in first.stdout and "database was empty: schema version" in first.stderr
+    second = linkd_cli("check", env=env, cwd=tmp_path)
+    assert second.returncode == 0 and "schema" not in second.stderr
+    (tmp_path / "data").chmod(0o755)  # D4: a data dir others can read is refused, naming it
+    refused = linkd_cli("check", env=env, cwd=tmp_path)
+    assert refused.returncode == 2 and "data directory is accessible by group or others" in refused.stderr

@@ -155,6 +155,9 @@ def test_password_never_in_describe_or_errors_and_check_says_what_is_wrong(
     result = linkd_cli("--env-file", str(env), "check", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "database ok" in result.stdout and PASSWORD not in result.stdout + result.stderr
+    assert "database was empty: schema version 1 created" in result.stderr  # said, not silent
+    again = linkd_cli("--env-file", str(env), "check", cwd=tmp_path)
+    assert again.returncode == 0 and "schema" not in again.stderr
 
 
 def test_lock_waits_then_store_busy_while_reads_and_ping_stay_fast(pg_url: str) -> None:

@@ -160,6 +160,10 @@ class DeletionRow:
 class Store(abc.ABC):
     """One storage backend: sessions, states, users, connections and their housekeeping."""
 
+    # (version before, version after) of the migrations `open()` applied; equal when the schema
+    # was current. `linkd check` reports it, so an old schema is said, not silently upgraded.
+    schema_change: tuple[int, int] = (0, 0)
+
     # lifecycle --------------------------------------------------------------------
     @abc.abstractmethod
     async def open(self) -> None:

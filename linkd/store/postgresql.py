@@ -283,6 +283,7 @@ class PostgreSQLStore(Store):
             ) from None
         finally:
             conn.close()
+        self.schema_change = (before, after)
         if after != before:
             log.info("database schema migrated from version %d to %d (%s)", before, after, self._where)
 

@@ -104,6 +104,7 @@ class SQLiteEngine:
         for role in schema.ROLES:
             self._roles.setdefault(self._paths[role], []).append(role)
         self._lock_wait = lock_wait
+        self.schema_change: tuple[int, int] = (0, 0)  # see Store.schema_change
         self._threads = threads
         # Connections are made and used in one pool thread each; check_same_thread is off
         # only so that close() can close them from the closing thread once the pools stopped.
@@ -257,7 +258,7 @@ class SQLiteEngine:
             if mode.lower() != "wal":
                 raise ConfigError([f"{path}: SQLite cannot use WAL journal mode here (got {mode})"])
             try:
-                self._attempts(
+                before, after = self._attempts(
                     self._writer_conns,
                     path,
                     functools.partial(schema.migrate, roles=roles),
@@ -266,6 +267,9 @@ class SQLiteEngine:
                 )
             except schema.SchemaTooNew:
                 raise ConfigError([f"{path}: the database was migrated by a newer linkd"]) from None
+            if after != before:  # one number for all files: the oldest before, the newest after
+                first = before if self.schema_change == (0, 0) else min(self.schema_change[0], before)
+                self.schema_change = (first, max(self.schema_change[1], after))
             for name in (path + "-wal", path + "-shm"):
                 with contextlib.suppress(OSError):  # absent, or not ours: _prepare_files checked those
                     os.chmod(name, 0o600)
