@@ -6,9 +6,9 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from . import migrate
 from .cli import admin_flags, command, print_json, print_table, with_services
 from .errors import ConfigError
+from .store import migrate
 
 if TYPE_CHECKING:
     from .service import Services

@@ -17,8 +17,8 @@ import psycopg
 import pytest
 
 from linkd import cli
-from linkd.migrate import main as migrate_main
 from linkd.store import ConnectionFilter, SQLiteStore, Store
+from linkd.store.migrate import main as migrate_main
 from linkd.store.postgresql import PostgreSQLStore
 
 from .browser import Browser

@@ -25,9 +25,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from .config import load_settings
-from .errors import ConfigError, LinkdError
-from .store import sqlite_migrations as sqlite_schema
+from ..config import load_settings
+from ..errors import ConfigError, LinkdError
+from . import sqlite_migrations as sqlite_schema
 
 BATCH = 500
 
@@ -205,7 +205,7 @@ class Copier:
     # target --------------------------------------------------------------------------------------------
     def _prepare_target(self) -> str:
         """Create or migrate the PostgreSQL schema (clear errors when unreachable); its safe name."""
-        from .store.postgresql import PostgreSQLStore
+        from .postgresql import PostgreSQLStore
 
         async def prepare() -> str:
             store = PostgreSQLStore(self.url, threads=1)
@@ -357,7 +357,7 @@ def _scalar(conn: Any, sql: str, args: Sequence[Any] = ()) -> Any:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m linkd.migrate …`: the same command without the `linkd` front end."""
+    """`python -m linkd.store.migrate …`: the same command without the `linkd` front end."""
     parser = argparse.ArgumentParser(prog="linkd migrate-store", description=__doc__.splitlines()[0])
     parser.add_argument("--env-file", help="read settings from this file instead of ./.env")
     add_arguments(parser)
