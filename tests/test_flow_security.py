@@ -307,3 +307,25 @@ def test_wal_mode_and_private_files(pworld: Any, driver: Driver) -> None:
     assert stat.S_IMODE(pworld.data_dir.stat().st_mode) == 0o700
     for path in pworld.db_files():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
+
+
+# ---------------------------------------------------------------------------------- redirects
+def test_redirect_uri_is_the_configured_one_whatever_the_request_says(pworld: Any, driver: Driver) -> None:
+    """R1: Host, X-Forwarded-* and a redirect_uri parameter change nothing in the authorize URL."""
+    browser = Browser("application/json")
+    driver.prepare(pworld, browser)
+    hostile = {
+        "Host": "evil.example",
+        "X-Forwarded-Host": "evil.example",
+        "X-Forwarded-Proto": "https",
+        "X-Forwarded-For": "203.0.113.9",
+    }
+    separator = "&" if "?" in driver.login_path else "?"
+    login = browser.get(
+        driver.login_url(pworld) + separator + "redirect_uri=https%3A%2F%2Fevil.example%2Fcb", headers=hostile
+    )
+    assert login.status == 302, login.text
+    expected = pworld.services.registry.get(driver.name).context.redirect_uri
+    assert expected == f"{pworld.url}/{driver.name}/callback"
+    assert query_of(login.location)["redirect_uri"] == expected
+    assert "evil.example" not in login.location
