@@ -308,27 +308,15 @@ class IndexHandler(BaseHandler):
         return groups
 
     async def _accounts(self, user_uuid: str | None) -> list[dict[str, Any]]:
+        """This browser's linked accounts (token-free views), through the same use-case as the API."""
         if not user_uuid:
             return []
-        from .crypto import USER_INDEX
-        from .store.base import ConnectionFilter
-
-        user = await self.services.store.get_user(self.services.keyring.digests(USER_INDEX, user_uuid))
-        if user is None:
+        try:
+            user: dict[str, Any] = await Admin(self.services, actor="browser").user(user_uuid)
+        except NotFound:  # the user was deleted since this session started
             return []
-        rows = await self.services.store.list_connections(ConnectionFilter(user_id=user.id, limit=500))
-        return [
-            {
-                "id": r.id,
-                "provider": r.provider,
-                "account_id": r.account_id,
-                "name": r.name,
-                "kind": r.kind,
-                "status": r.status,
-                "parent_id": r.parent_id,
-            }
-            for r in rows
-        ]
+        connections: list[dict[str, Any]] = user["connections"]
+        return connections
 
 
 class LoginHandler(BaseHandler):
