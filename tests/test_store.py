@@ -797,6 +797,65 @@ def test_a_long_lock_raises_store_busy_while_reads_and_ping_stay_fast(paths: dic
     run(s.close())
 
 
+def test_a_locked_session_database_is_waited_for_without_stalling_the_loop(paths: dict[str, Any]) -> None:
+    """Session writes run inline with busy_timeout 0: under another process's lock they must move
+    to a thread at once, so the event loop keeps turning while the write waits its turn."""
+    now = time.time()
+    s = make_store(paths, lock_wait=5.0)
+    run(s.open())
+    run(s.insert_session(session_row(now)))  # the inline connection exists and has been used
+    holder, _ = _start_holder(paths["session"], 0.6)
+
+    async def write_while_ticking() -> tuple[float, float, int]:
+        gaps: list[float] = []
+        stop = asyncio.Event()
+
+        async def tick() -> None:
+            last = time.monotonic()
+            while not stop.is_set():
+                await asyncio.sleep(0.005)
+                gaps.append(time.monotonic() - last)
+                last = time.monotonic()
+
+        ticker = asyncio.ensure_future(tick())
+        started = time.monotonic()
+        await s.insert_state(state_row("sess", now)[1])
+        waited = time.monotonic() - started
+        stop.set()
+        await ticker
+        return waited, max(gaps), len(gaps)
+
+    try:
+        waited, worst_gap, ticks = run(write_while_ticking())
+    finally:
+        holder.join(10)
+    assert 0.3 <= waited < 5.0  # it did wait for the lock...
+    assert worst_gap < 0.1 and ticks > 20, (worst_gap, ticks)  # ...but not on the loop
+    assert run(s.counts())["states"] == 1
+    run(s.close())
+
+
+def test_inline_session_writes_keep_the_wal_checkpointed(paths: dict[str, Any]) -> None:
+    """Inline connections never checkpoint (that would fsync on the loop); a pool thread must,
+    or the session WAL would grow with every login for as long as the process lives."""
+    now = time.time()
+    s = make_store(paths)
+    run(s.open())
+    wal = Path(paths["session"] + "-wal")
+
+    async def churn(n: int) -> None:
+        for _ in range(n):
+            state_hash, row = state_row("sess", now)
+            await s.insert_state(row)
+            await s.consume_state([state_hash])
+
+    run(churn(100))
+    per_100 = wal.stat().st_size
+    run(churn(3000))  # 6,000 commits: over ten checkpoints' worth
+    assert wal.stat().st_size < 20 * per_100, (per_100, wal.stat().st_size)
+    run(s.close())
+
+
 def test_a_forgotten_delivery_is_processed_again(store: Store) -> None:
     now = time.time()
     assert run(store.first_delivery("shopify", "evt-2", now))

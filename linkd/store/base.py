@@ -15,7 +15,9 @@ Guarantees (tested against every backend by `tests/test_store.py`):
   the wait budget it raises `StoreBusy` (mapped to 503 with Retry-After).
 - Serialised refresh: `acquire_refresh_lease` grants at most one holder per
   connection at a time, across processes and hosts, until released or expired.
-- Nothing here blocks the event loop: backends run their I/O in threads or async drivers.
+- Nothing here waits on the event loop: whatever can wait for a lock, a network or an fsync
+  runs in threads or async drivers. (SQLite runs reads and short session writes on the
+  calling thread with busy_timeout 0: done at once, or handed to a thread untried.)
 """
 
 from __future__ import annotations

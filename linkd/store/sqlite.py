@@ -270,7 +270,7 @@ class SQLiteStore(SQLiteEngine, Store):
 
         total = 0
         for role, batch in by_role.items():
-            total += await self._write(role, functools.partial(tx, batch=batch))
+            total += await self._write(role, functools.partial(tx, batch=batch), inline=False)
         return total
 
     # housekeeping ----------------------------------------------------------------------------------
@@ -281,10 +281,10 @@ class SQLiteStore(SQLiteEngine, Store):
                 for table in ("sessions", "states")
             }
 
-        counts = await self._write(schema.SESSION, sessions_tx)
+        counts = await self._write(schema.SESSION, sessions_tx, inline=False)
         sql = "DELETE FROM webhook_events WHERE seen_at < ?"
         counts["webhook_events"] = await self._write(
-            schema.TOKEN, lambda c: c.execute(sql, (now - event_ttl,)).rowcount
+            schema.TOKEN, lambda c: c.execute(sql, (now - event_ttl,)).rowcount, inline=False
         )
         return counts
 
@@ -296,5 +296,5 @@ class SQLiteStore(SQLiteEngine, Store):
             def count(c: Conn, tables: tuple[str, ...] = tables) -> list[int]:
                 return [int(c.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in tables]
 
-            result.update(zip(tables, await self._read(role, count), strict=True))
+            result.update(zip(tables, await self._read(role, count, inline=False), strict=True))
         return result

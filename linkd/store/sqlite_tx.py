@@ -1,7 +1,7 @@
 """The bodies of the SQLite store's transactions: plain functions of a connection.
 
-Each runs on a pool thread inside the one transaction `SQLiteEngine._attempts` opened
-(and retries as a whole while the database is locked), so none of them commits.
+Each runs inside the one transaction `SQLiteEngine` opened, inline or on a pool thread
+(and is retried as a whole while the database is locked), so none of them commits.
 """
 
 # ruff: noqa: S608 -- SQL text interpolates only module constants and "?" lists; values are always bound.
