@@ -1,4 +1,4 @@
-"""Calls from linkd to a platform: one shared Tornado client, strict by default.
+"""Calls from linkd to a platform: one shared keep-alive client, strict by default.
 
 Every call has the configured timeout, never follows a redirect, goes only to
 a host the provider allows, caps the answer's size, and turns any network
@@ -12,16 +12,17 @@ import ipaddress
 import json
 import logging
 import socket
+import ssl
 import time
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.netutil import DefaultLoopResolver, Resolver
 
 from .errors import ProviderError
+from .http_pool import HTTPPool, PoolError
 
 log = logging.getLogger("linkd.upstream")
 MAX_BODY = 2 * 1024 * 1024
@@ -89,12 +90,27 @@ class CachingResolver(Resolver):
 
 
 class Upstream:
-    """The HTTP client providers use. One per process, shared by every provider."""
+    """The HTTP client providers use. One per process, shared by every provider.
 
-    def __init__(self, timeout: float, client: AsyncHTTPClient | None = None, max_clients: int = 256) -> None:
+    Calls go through an `HTTPPool` (keep-alive connections per host), made here in the
+    loop that creates the Upstream; `ssl_context` is for tests that trust a test CA (it
+    must still verify certificates and host names).
+    """
+
+    def __init__(
+        self,
+        timeout: float,
+        *,
+        pool: HTTPPool | None = None,
+        max_clients: int = 256,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.timeout = timeout
-        self.client = client or AsyncHTTPClient(
-            max_clients=max_clients, force_instance=True, max_body_size=MAX_BODY, resolver=CachingResolver()
+        self.pool = pool or HTTPPool(
+            max_connections=max_clients,
+            max_body_size=MAX_BODY,
+            ssl_context=ssl_context,
+            resolver=CachingResolver(),
         )
 
     async def request(
@@ -128,33 +144,20 @@ class Upstream:
             body = json.dumps(json_body).encode()
             all_headers["Content-Type"] = "application/json"
         all_headers.update(headers or {})
-        request = HTTPRequest(
-            url,
-            method=method,
-            headers=all_headers,
-            body=body,
-            allow_nonstandard_methods=True,
-            follow_redirects=False,
-            connect_timeout=self.timeout,
-            request_timeout=self.timeout,
-            decompress_response=True,
-        )
         where = f"{method} {split.scheme}://{split.netloc}{split.path}"  # never the query: it may hold a code
         try:
-            response = await self.client.fetch(request, raise_error=False)
-        except HTTPClientError as exc:  # pragma: no cover - raise_error=False makes this rare
-            log.warning("upstream call failed: %s status=%s", where, exc.code)
+            response = await self.pool.fetch(
+                method, url, headers=all_headers, body=body, timeout=self.timeout
+            )
+        except PoolError as exc:  # network errors, timeouts, oversized or malformed answers
+            log.warning("upstream call failed: %s error=%s", where, exc.reason)
             raise ProviderError() from None
-        except Exception as exc:  # network errors, timeouts, oversized bodies
+        except Exception as exc:  # e.g. a header value the HTTP layer refuses
             log.warning("upstream call failed: %s error=%s", where, type(exc).__name__)
             raise ProviderError() from None
-        result = UpstreamResponse(response.code, dict(response.headers), response.body or b"")
-        if response.code == 599:
-            reason = type(response.error).__name__ if response.error else "error"
-            log.warning("upstream call failed: %s error=%s", where, reason)
-            raise ProviderError()
-        if not (200 <= response.code < 300 or response.code in set(ok_statuses)):
-            log.warning("upstream call answered %s: %s", response.code, where)
+        result = UpstreamResponse(response.status, dict(response.headers), response.body)
+        if not (200 <= response.status < 300 or response.status in set(ok_statuses)):
+            log.warning("upstream call answered %s: %s", response.status, where)
             raise ProviderError(response=result)
         return result
 
@@ -165,4 +168,5 @@ class Upstream:
         return (await self.request("POST", url, **kw)).json()
 
     def close(self) -> None:
-        self.client.close()
+        """Close every pooled connection (idle or busy); call it in the loop that used this Upstream."""
+        self.pool.close()
