@@ -21,6 +21,7 @@ import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tornado.httpserver
@@ -278,6 +279,30 @@ async def raw_server(behave: Behave, tls: ssl.SSLContext | None = None) -> Async
         await server.stop()
 
 
+async def ok(index: int, number: int) -> bytes:
+    """A raw server's `behave` that answers every request with `answer()` and keeps the connection."""
+    return answer()
+
+
+async def hang_up(index: int, number: int) -> None:
+    """A raw server's `behave` that closes every connection instead of answering."""
+    return None
+
+
+@asynccontextmanager
+async def client(timeout: float = TIMEOUT, **options: Any) -> AsyncIterator[Upstream]:
+    """An `Upstream` closed however the test ends, so no pooled connection outlives it.
+
+    Listed after a server in one `async with`, it is closed before that server stops, and
+    what a test asserts after the block is checked after both.
+    """
+    upstream = Upstream(timeout, **options)
+    try:
+        yield upstream
+    finally:
+        upstream.close()
+
+
 def run(main: Callable[[], Awaitable[None]]) -> None:
     async def wrapped() -> None:
         await main()
@@ -290,60 +315,46 @@ def run(main: Callable[[], Awaitable[None]]) -> None:
 
 def test_sequential_calls_share_one_connection() -> None:
     async def main() -> None:
-        async with tornado_server() as (url, record):
-            upstream = Upstream(TIMEOUT)
-            try:
-                for i in range(6):
-                    assert await upstream.get_json(url + "/json") == {"ok": True, "n": i + 1}
-                assert (await upstream.post_json(url + "/json", form={"a": "b c"}))["form"] == "b c"
-            finally:
-                upstream.close()
-            assert len(record.ports) == 7 and record.distinct() == 1, record.ports
-            assert set(record.accept_encoding) == {"gzip"}
-            assert set(record.connection_header) == {"keep-alive"}
-            assert record.bodies[-1] == b"a=b+c"
-            assert upstream.pool.stats.opened == 1 and upstream.pool.stats.reused == 6
+        async with tornado_server() as (url, record), client() as upstream:
+            for i in range(6):
+                assert await upstream.get_json(url + "/json") == {"ok": True, "n": i + 1}
+            assert (await upstream.post_json(url + "/json", form={"a": "b c"}))["form"] == "b c"
+        assert len(record.ports) == 7 and record.distinct() == 1, record.ports
+        assert set(record.accept_encoding) == {"gzip"}
+        assert set(record.connection_header) == {"keep-alive"}
+        assert record.bodies[-1] == b"a=b+c"
+        assert upstream.pool.stats.opened == 1 and upstream.pool.stats.reused == 6
 
     run(main)
 
 
 def test_concurrent_calls_each_get_their_own_connection_then_reuse_them() -> None:
     async def main() -> None:
-        async with tornado_server() as (url, record):
-            upstream = Upstream(TIMEOUT)
-            try:
-                for _ in range(2):  # the gate answers only when all 6 are in at once: 6 connections
-                    record.gate_count, record.gate_size = 0, 6
-                    record.gate_open.clear()
-                    results = await asyncio.gather(*(upstream.get_json(url + "/gate") for _ in range(6)))
-                    assert results == [{"ok": True}] * 6
-            finally:
-                upstream.close()
-            assert len(record.ports) == 12
-            assert len(set(record.ports[:6])) == 6, "two calls shared a connection at once"
-            assert set(record.ports[6:]) == set(record.ports[:6]), (
-                "the second round did not reuse the first's"
-            )
+        async with tornado_server() as (url, record), client() as upstream:
+            for _ in range(2):  # the gate answers only when all 6 are in at once: 6 connections
+                record.gate_count, record.gate_size = 0, 6
+                record.gate_open.clear()
+                results = await asyncio.gather(*(upstream.get_json(url + "/gate") for _ in range(6)))
+                assert results == [{"ok": True}] * 6
+        assert len(record.ports) == 12
+        assert len(set(record.ports[:6])) == 6, "two calls shared a connection at once"
+        assert set(record.ports[6:]) == set(record.ports[:6]), "the second round did not reuse the first's"
 
     run(main)
 
 
 def test_max_clients_queues_calls_instead_of_opening_more() -> None:
     async def main() -> None:
-        async with tornado_server() as (url, record):
-            upstream = Upstream(TIMEOUT, max_clients=2)
-            try:
-                record.gate_size = 10**6  # answer only when the test says so
-                calls = [asyncio.ensure_future(upstream.get_json(url + "/gate")) for _ in range(5)]
-                while record.gate_count < 2:
-                    record.arrived.clear()
-                    await asyncio.wait_for(record.arrived.wait(), TIMEOUT)
-                assert record.gate_count == 2 and len(upstream.pool._waiters) == 3
-                record.gate_open.set()
-                assert await asyncio.gather(*calls) == [{"ok": True}] * 5
-            finally:
-                upstream.close()
-            assert len(record.ports) == 5 and record.distinct() == 2, record.ports
+        async with tornado_server() as (url, record), client(max_clients=2) as upstream:
+            record.gate_size = 10**6  # answer only when the test says so
+            calls = [asyncio.ensure_future(upstream.get_json(url + "/gate")) for _ in range(5)]
+            while record.gate_count < 2:
+                record.arrived.clear()
+                await asyncio.wait_for(record.arrived.wait(), TIMEOUT)
+            assert record.gate_count == 2 and len(upstream.pool._waiters) == 3
+            record.gate_open.set()
+            assert await asyncio.gather(*calls) == [{"ok": True}] * 5
+        assert len(record.ports) == 5 and record.distinct() == 2, record.ports
 
     run(main)
 
@@ -353,15 +364,11 @@ def test_max_clients_queues_calls_instead_of_opening_more() -> None:
 
 def test_a_connection_close_answer_is_not_reused() -> None:
     async def main() -> None:
-        async with tornado_server() as (url, record):
-            upstream = Upstream(TIMEOUT)
-            try:
-                assert await upstream.get_json(url + "/close") == {"ok": True}
-                assert await upstream.get_json(url + "/json") == {"ok": True, "n": 2}
-                assert await upstream.get_json(url + "/json") == {"ok": True, "n": 3}
-            finally:
-                upstream.close()
-            assert record.ports[0] != record.ports[1] == record.ports[2]
+        async with tornado_server() as (url, record), client() as upstream:
+            assert await upstream.get_json(url + "/close") == {"ok": True}
+            assert await upstream.get_json(url + "/json") == {"ok": True, "n": 2}
+            assert await upstream.get_json(url + "/json") == {"ok": True, "n": 3}
+        assert record.ports[0] != record.ports[1] == record.ports[2]
 
     run(main)
 
@@ -389,15 +396,11 @@ def test_reuse_follows_the_answers_framing_and_connection_header(first: bytes, r
         return first if (index, number) == (0, 1) else answer()
 
     async def main() -> None:
-        async with raw_server(behave) as server:
-            upstream = Upstream(TIMEOUT)
-            try:
-                body = await upstream.request("GET", server.url + "/first")
-                assert body.json() in ({"ok": True}, {"a": 1})
-                assert await upstream.get_json(server.url + "/second") == {"ok": True}
-            finally:
-                upstream.close()
-            assert server.requests == ([2] if reusable else [1, 1])
+        async with raw_server(behave) as server, client() as upstream:
+            body = await upstream.request("GET", server.url + "/first")
+            assert body.json() in ({"ok": True}, {"a": 1})
+            assert await upstream.get_json(server.url + "/second") == {"ok": True}
+        assert server.requests == ([2] if reusable else [1, 1])
 
     run(main)
 
@@ -409,14 +412,10 @@ def test_bytes_after_an_answer_mean_the_connection_is_not_reused() -> None:
         return answer()
 
     async def main() -> None:
-        async with raw_server(behave) as server:
-            upstream = Upstream(TIMEOUT)
-            try:
-                assert await upstream.get_json(server.url + "/a") == {"ok": True}
-                assert await upstream.get_json(server.url + "/b") == {"ok": True}
-            finally:
-                upstream.close()
-            assert server.requests == [1, 1]
+        async with raw_server(behave) as server, client() as upstream:
+            assert await upstream.get_json(server.url + "/a") == {"ok": True}
+            assert await upstream.get_json(server.url + "/b") == {"ok": True}
+        assert server.requests == [1, 1]
 
     run(main)
 
@@ -425,20 +424,13 @@ def test_bytes_after_an_answer_mean_the_connection_is_not_reused() -> None:
 
 
 def test_a_connection_the_server_closed_while_idle_is_not_used() -> None:
-    async def behave(index: int, number: int) -> bytes:
-        return answer()
-
     async def main() -> None:
-        async with raw_server(behave) as server:
-            upstream = Upstream(TIMEOUT)
-            try:
-                assert await upstream.get_json(server.url + "/a") == {"ok": True}
-                await server.close_connections()
-                assert await upstream.get_json(server.url + "/b") == {"ok": True}
-            finally:
-                upstream.close()
-            assert server.requests == [1, 1]
-            assert upstream.pool.stats.opened == 2 and upstream.pool.stats.retried == 0
+        async with raw_server(ok) as server, client() as upstream:
+            assert await upstream.get_json(server.url + "/a") == {"ok": True}
+            await server.close_connections()
+            assert await upstream.get_json(server.url + "/b") == {"ok": True}
+        assert server.requests == [1, 1]
+        assert upstream.pool.stats.opened == 2 and upstream.pool.stats.retried == 0
 
     run(main)
 
@@ -454,32 +446,24 @@ def test_a_reused_connection_closed_before_any_answer_byte_is_retried_once_on_a_
         return answer() if number == 1 else None  # the close races the second request: no answer at all
 
     async def main() -> None:
-        async with raw_server(behave, server_context) as server:
-            upstream = Upstream(TIMEOUT, ssl_context=client_context)
-            try:
-                assert await upstream.get_json(server.url + "/a") == {"ok": True}
-                assert await upstream.post_json(server.url + "/b", form={"x": "y"}) == {"ok": True}
-            finally:
-                upstream.close()
-            assert server.requests == [2, 1]
-            assert upstream.pool.stats.retried == 1
+        async with (
+            raw_server(behave, server_context) as server,
+            client(ssl_context=client_context) as upstream,
+        ):
+            assert await upstream.get_json(server.url + "/a") == {"ok": True}
+            assert await upstream.post_json(server.url + "/b", form={"x": "y"}) == {"ok": True}
+        assert server.requests == [2, 1]
+        assert upstream.pool.stats.retried == 1
 
     run(main)
 
 
 def test_a_fresh_connection_closed_without_an_answer_is_not_retried() -> None:
-    async def behave(index: int, number: int) -> bytes | None:
-        return None
-
     async def main() -> None:
-        async with raw_server(behave) as server:
-            upstream = Upstream(TIMEOUT)
-            try:
-                with pytest.raises(ProviderError):
-                    await upstream.get_json(server.url + "/a")
-            finally:
-                upstream.close()
-            assert server.requests == [1]
+        async with raw_server(hang_up) as server, client() as upstream:
+            with pytest.raises(ProviderError):
+                await upstream.get_json(server.url + "/a")
+        assert server.requests == [1]
 
     run(main)
 
@@ -491,15 +475,11 @@ def test_no_retry_once_answer_bytes_arrived() -> None:
         return b"HTTP/1.1 200 OK\r\nContent-Ty" + RawServer.CLOSE  # part of the head, then the close
 
     async def main() -> None:
-        async with raw_server(behave) as server:
-            upstream = Upstream(TIMEOUT)
-            try:
-                assert await upstream.get_json(server.url + "/a") == {"ok": True}
-                with pytest.raises(ProviderError):
-                    await upstream.get_json(server.url + "/b")
-            finally:
-                upstream.close()
-            assert server.requests == [2], "the call was sent again after answer bytes arrived"
+        async with raw_server(behave) as server, client() as upstream:
+            assert await upstream.get_json(server.url + "/a") == {"ok": True}
+            with pytest.raises(ProviderError):
+                await upstream.get_json(server.url + "/b")
+        assert server.requests == [2], "the call was sent again after answer bytes arrived"
 
     run(main)
 
@@ -511,15 +491,11 @@ def test_a_body_cut_short_is_an_error_not_a_retry() -> None:
         return answer(b'{"ok": true}')[:-3] + RawServer.CLOSE
 
     async def main() -> None:
-        async with raw_server(behave) as server:
-            upstream = Upstream(TIMEOUT)
-            try:
-                assert await upstream.get_json(server.url + "/a") == {"ok": True}
-                with pytest.raises(ProviderError):
-                    await upstream.get_json(server.url + "/b")
-            finally:
-                upstream.close()
-            assert server.requests == [2]
+        async with raw_server(behave) as server, client() as upstream:
+            assert await upstream.get_json(server.url + "/a") == {"ok": True}
+            with pytest.raises(ProviderError):
+                await upstream.get_json(server.url + "/b")
+        assert server.requests == [2]
 
     run(main)
 
@@ -530,17 +506,13 @@ def test_a_body_cut_short_is_an_error_not_a_retry() -> None:
 @pytest.mark.parametrize("path", ["/big", "/big-chunked", "/bomb"])
 def test_an_oversized_answer_is_a_provider_error_and_drops_the_connection(path: str) -> None:
     async def main() -> None:
-        async with tornado_server() as (url, record):
-            upstream = Upstream(TIMEOUT)
-            try:
-                assert await upstream.get_json(url + "/json") == {"ok": True, "n": 1}
-                with pytest.raises(ProviderError) as caught:
-                    await upstream.request("GET", url + path)
-                assert "response" not in caught.value.data
-                assert await upstream.get_json(url + "/json") == {"ok": True, "n": 3}
-            finally:
-                upstream.close()
-            assert record.ports[0] == record.ports[1] != record.ports[2]
+        async with tornado_server() as (url, record), client() as upstream:
+            assert await upstream.get_json(url + "/json") == {"ok": True, "n": 1}
+            with pytest.raises(ProviderError) as caught:
+                await upstream.request("GET", url + path)
+            assert "response" not in caught.value.data
+            assert await upstream.get_json(url + "/json") == {"ok": True, "n": 3}
+        assert record.ports[0] == record.ports[1] != record.ports[2]
 
     run(main)
 
@@ -550,13 +522,9 @@ def test_an_oversized_header_is_a_provider_error() -> None:
         return answer(extra="X-Filler: " + "a" * 70_000 + "\r\n")
 
     async def main() -> None:
-        async with raw_server(behave) as server:
-            upstream = Upstream(TIMEOUT)
-            try:
-                with pytest.raises(ProviderError):
-                    await upstream.get_json(server.url + "/a")
-            finally:
-                upstream.close()
+        async with raw_server(behave) as server, client() as upstream:
+            with pytest.raises(ProviderError):
+                await upstream.get_json(server.url + "/a")
 
     run(main)
 
@@ -565,73 +533,54 @@ def test_a_slow_server_ends_in_the_timeout_and_its_connection_is_not_reused() ->
     timeout = 0.4
 
     async def main() -> None:
-        async with tornado_server() as (url, record):
-            upstream = Upstream(timeout)
-            try:
-                assert await upstream.get_json(url + "/json") == {"ok": True, "n": 1}
-                started = time.monotonic()
-                with pytest.raises(ProviderError):
-                    await upstream.get_json(url + "/slow")
-                took = time.monotonic() - started
-                assert timeout * 0.9 <= took < timeout + 1.0, took
-                record.release.set()
-                assert await upstream.get_json(url + "/json") == {"ok": True, "n": 3}
-            finally:
-                upstream.close()
-            assert record.ports[0] == record.ports[1] != record.ports[2]
-            assert upstream.pool.stats.retried == 0
+        async with tornado_server() as (url, record), client(timeout) as upstream:
+            assert await upstream.get_json(url + "/json") == {"ok": True, "n": 1}
+            started = time.monotonic()
+            with pytest.raises(ProviderError):
+                await upstream.get_json(url + "/slow")
+            took = time.monotonic() - started
+            assert timeout * 0.9 <= took < timeout + 1.0, took
+            record.release.set()
+            assert await upstream.get_json(url + "/json") == {"ok": True, "n": 3}
+        assert record.ports[0] == record.ports[1] != record.ports[2]
+        assert upstream.pool.stats.retried == 0
 
     run(main)
 
 
 def test_gzip_answers_are_decoded() -> None:
     async def main() -> None:
-        async with tornado_server() as (url, record):
-            upstream = Upstream(TIMEOUT)
-            try:
-                response = await upstream.request("GET", url + "/gzip")
-                assert response.json() == {"zipped": "yes " * 50}
-                assert "Content-Encoding" not in response.headers
-                assert await upstream.get_json(url + "/json") == {"ok": True, "n": 2}
-            finally:
-                upstream.close()
-            assert record.distinct() == 1
+        async with tornado_server() as (url, record), client() as upstream:
+            response = await upstream.request("GET", url + "/gzip")
+            assert response.json() == {"zipped": "yes " * 50}
+            assert "Content-Encoding" not in response.headers
+            assert await upstream.get_json(url + "/json") == {"ok": True, "n": 2}
+        assert record.distinct() == 1
 
     run(main)
 
 
 def test_a_non_2xx_answer_raises_with_the_response_and_keeps_the_connection() -> None:
     async def main() -> None:
-        async with tornado_server() as (url, record):
-            upstream = Upstream(TIMEOUT)
-            try:
-                with pytest.raises(ProviderError) as caught:
-                    await upstream.get_json(url + "/missing?access_token=secret-token")
-                response = caught.value.data["response"]
-                assert response.status == 404
-                assert response.json() == {"error": {"code": 803, "message": "Unknown path"}}
-                assert "secret-token" not in str(caught.value)
-                assert await upstream.get_json(url + "/json") == {"ok": True, "n": 2}
-                assert (await upstream.request("GET", url + "/missing", ok_statuses=[404])).status == 404
-            finally:
-                upstream.close()
-            assert record.distinct() == 1
+        async with tornado_server() as (url, record), client() as upstream:
+            with pytest.raises(ProviderError) as caught:
+                await upstream.get_json(url + "/missing?access_token=secret-token")
+            response = caught.value.data["response"]
+            assert response.status == 404
+            assert response.json() == {"error": {"code": 803, "message": "Unknown path"}}
+            assert "secret-token" not in str(caught.value)
+            assert await upstream.get_json(url + "/json") == {"ok": True, "n": 2}
+            assert (await upstream.request("GET", url + "/missing", ok_statuses=[404])).status == 404
+        assert record.distinct() == 1
 
     run(main)
 
 
 def test_failures_log_no_query_string(caplog: pytest.LogCaptureFixture) -> None:
-    async def behave(index: int, number: int) -> bytes | None:
-        return None
-
     async def main() -> None:
-        async with raw_server(behave) as server:
-            upstream = Upstream(TIMEOUT)
-            try:
-                with pytest.raises(ProviderError):
-                    await upstream.get_json(server.url + "/token?code=the-secret-code")
-            finally:
-                upstream.close()
+        async with raw_server(hang_up) as server, client() as upstream:
+            with pytest.raises(ProviderError):
+                await upstream.get_json(server.url + "/token?code=the-secret-code")
 
     caplog.set_level("DEBUG")
     run(main)
@@ -643,46 +592,32 @@ def test_failures_log_no_query_string(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def test_idle_connections_are_closed_after_the_idle_timeout() -> None:
-    async def behave(index: int, number: int) -> bytes:
-        return answer()
-
     async def main() -> None:
-        async with raw_server(behave) as server:
-            upstream = Upstream(TIMEOUT, pool=HTTPPool(idle_timeout=0.2))
-            try:
-                assert await upstream.get_json(server.url + "/a") == {"ok": True}
-                await asyncio.wait_for(server.client_closed[0].wait(), TIMEOUT)
-                assert upstream.pool.idle_count() == 0
-                assert await upstream.get_json(server.url + "/b") == {"ok": True}
-            finally:
-                upstream.close()
-            assert server.requests == [1, 1]
+        async with raw_server(ok) as server, client(pool=HTTPPool(idle_timeout=0.2)) as upstream:
+            assert await upstream.get_json(server.url + "/a") == {"ok": True}
+            await asyncio.wait_for(server.client_closed[0].wait(), TIMEOUT)
+            assert upstream.pool.idle_count() == 0
+            assert await upstream.get_json(server.url + "/b") == {"ok": True}
+        assert server.requests == [1, 1]
 
     run(main)
 
 
 def test_idle_connections_per_host_are_capped() -> None:
     async def main() -> None:
-        async with tornado_server() as (url, record):
-            upstream = Upstream(TIMEOUT, pool=HTTPPool(max_idle_per_host=2))
-            try:
-                record.gate_size = 4
-                assert await asyncio.gather(*(upstream.get_json(url + "/gate") for _ in range(4)))
-                assert upstream.pool.idle_count() == 2
-                assert await upstream.get_json(url + "/json")
-            finally:
-                upstream.close()
-            assert record.distinct() == 4 and record.ports[-1] in record.ports[:4]
+        async with tornado_server() as (url, record), client(pool=HTTPPool(max_idle_per_host=2)) as upstream:
+            record.gate_size = 4
+            assert await asyncio.gather(*(upstream.get_json(url + "/gate") for _ in range(4)))
+            assert upstream.pool.idle_count() == 2
+            assert await upstream.get_json(url + "/json")
+        assert record.distinct() == 4 and record.ports[-1] in record.ports[:4]
 
     run(main)
 
 
 def test_close_closes_every_connection_without_resource_warnings() -> None:
-    async def behave(index: int, number: int) -> bytes:
-        return answer()
-
     async def main() -> None:
-        async with raw_server(behave) as server:
+        async with raw_server(ok) as server:
             upstream = Upstream(TIMEOUT)
             results = await asyncio.gather(*(upstream.get_json(server.url + "/a") for _ in range(3)))
             assert results == [{"ok": True}] * 3
@@ -787,22 +722,16 @@ def test_tls_verifies_the_certificate_by_default_and_trusts_a_given_ca(
 
     async def main() -> None:
         async with tornado_server(server_context) as (url, record):
-            default = Upstream(TIMEOUT)
-            try:
+            async with client() as default:
                 with pytest.raises(ProviderError):  # self-signed CA: not in the system's store
                     await default.get_json(url + "/json")
-            finally:
-                default.close()
             assert record.ports == []
 
-            trusting = Upstream(TIMEOUT, ssl_context=ssl.create_default_context(cafile=str(ca_file)))
-            try:
+            async with client(ssl_context=ssl.create_default_context(cafile=str(ca_file))) as trusting:
                 for i in range(3):
                     assert await trusting.get_json(url + "/json") == {"ok": True, "n": i + 1}
                 with pytest.raises(ProviderError):  # the certificate names 127.0.0.1, not localhost
                     await trusting.get_json(url.replace("127.0.0.1", "localhost") + "/json")
-            finally:
-                trusting.close()
             assert len(record.ports) == 3 and record.distinct() == 1
             assert trusting.pool.stats.opened == 1
 
@@ -825,20 +754,13 @@ def test_a_context_that_does_not_verify_is_refused() -> None:
 
 
 def test_a_header_with_a_line_break_or_an_odd_scheme_is_refused_before_sending() -> None:
-    async def behave(index: int, number: int) -> bytes:
-        return answer()
-
     async def main() -> None:
-        async with raw_server(behave) as server:
-            upstream = Upstream(TIMEOUT)
-            try:
-                with pytest.raises(ProviderError):
-                    await upstream.get_json(server.url + "/a", headers={"X-Id": "1\r\nX-Injected: yes"})
-                with pytest.raises(ProviderError):
-                    await upstream.get_json(server.url.replace("http", "ftp") + "/a")
-                assert await upstream.get_json(server.url + "/a") == {"ok": True}
-            finally:
-                upstream.close()
-            assert server.requests == [1]
+        async with raw_server(ok) as server, client() as upstream:
+            with pytest.raises(ProviderError):
+                await upstream.get_json(server.url + "/a", headers={"X-Id": "1\r\nX-Injected: yes"})
+            with pytest.raises(ProviderError):
+                await upstream.get_json(server.url.replace("http", "ftp") + "/a")
+            assert await upstream.get_json(server.url + "/a") == {"ok": True}
+        assert server.requests == [1]
 
     run(main)
