@@ -230,6 +230,25 @@ def test_two_processes_open_a_fresh_database_at_once(spec: dict[str, Any]) -> No
 
 
 # sessions ------------------------------------------------------------------------------------------
+def test_a_closed_store_opens_again_in_the_same_thread(spec: dict[str, Any]) -> None:
+    """`linkd check`, tests and embedders close a store and open it again on the same thread:
+    connections that thread kept from before the close must not be reused (they are closed)."""
+    now = time.time()
+    s = make_store(spec)
+
+    async def cycle(row: SessionRow) -> SessionRow | None:
+        await s.open()
+        try:
+            await s.insert_session(row)
+            return await s.get_session([row.id_hash], now)
+        finally:
+            await s.close()
+
+    first, second = session_row(now), session_row(now)
+    assert run(cycle(first)) == first
+    assert run(cycle(second)) == second
+
+
 def test_session_insert_get_and_lookup_by_any_hash(store: Store) -> None:
     now = time.time()
     row = session_row(now, user_uuid=str(uuid.uuid4()))

@@ -87,34 +87,43 @@ MISSED = _Missed()
 
 
 class _Pool:
-    """One connection per (thread, file), created on first use and tracked so close() reaches all."""
+    """One connection per (thread, file), created on first use and tracked so close() reaches all.
+
+    A thread outlives a close() when it is the caller's own (inline connections): the
+    generation tells its thread-local connection from one made after the store was reopened.
+    """
 
     def __init__(self, connect: Callable[[str], Conn]) -> None:
         self._connect = connect
         self._local = threading.local()
         self._all: list[Conn] = []
         self._lock = threading.Lock()
+        self._generation = 0
 
     def get(self, path: str) -> Conn:
-        conns: dict[str, Conn] = self._local.__dict__.setdefault("conns", {})
-        conn = conns.get(path)
-        if conn is None:
-            conn = conns[path] = self._connect(path)
-            with self._lock:
-                self._all.append(conn)
+        conns: dict[str, tuple[int, Conn]] = self._local.__dict__.setdefault("conns", {})
+        entry = conns.get(path)
+        if entry is not None and entry[0] == self._generation:
+            return entry[1]
+        conn = self._connect(path)
+        conns[path] = (self._generation, conn)
+        with self._lock:
+            self._all.append(conn)
         return conn
 
     def discard(self, path: str) -> None:
         """Drop this thread's connection after a hard error; the next call reconnects."""
-        conn = self._local.__dict__.get("conns", {}).pop(path, None)
-        if conn is not None:
+        entry = self._local.__dict__.get("conns", {}).pop(path, None)
+        if entry is not None:
             with self._lock:
-                self._all.remove(conn)
-            conn.close()
+                if entry[1] in self._all:
+                    self._all.remove(entry[1])
+            entry[1].close()
 
     def close_all(self) -> None:
         with self._lock:
             conns, self._all = self._all, []
+            self._generation += 1
         for conn in conns:
             conn.close()
 
