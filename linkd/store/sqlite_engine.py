@@ -15,8 +15,9 @@ without waiting, and the very same call is handed to the thread pools. There eac
 connection waits `busy_timeout` (150 ms) inside SQLite; an outer loop retries until
 `lock_wait` seconds have passed, then raises `StoreBusy`. Token-database writes
 (fsync'd) always go to the pool. Writes start with `BEGIN IMMEDIATE`, so a transaction
-never fails half-way on a lock upgrade. `ping()` runs on its own single reader thread:
-WAL readers never wait for a writer, so a writer stuck behind another process's lock
+never fails half-way on a lock upgrade. A read (`ping()` included) that cannot run
+inline goes to its own single reader thread, never queued behind the writers: WAL
+readers never wait for a writer, so a writer stuck behind another process's lock
 delays neither `/healthz` nor lookups. Inline connections never checkpoint (a
 checkpoint fsyncs); every `_CHECKPOINT_EVERY` inline commits a pool thread does it
 (see `_checkpoint` for why it is mostly PASSIVE).
@@ -228,8 +229,8 @@ class SQLiteEngine:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
         except sqlite3.Error as exc:
-            if not _is_busy(exc):
-                self._inline_conns.discard(path)
+            if not _is_busy(exc) and not isinstance(exc, sqlite3.IntegrityError):
+                self._inline_conns.discard(path)  # as the pool does: a hard error gets a new connection
             return MISSED
         if begin != "BEGIN":
             self._inline_commits[path] += 1
