@@ -12,6 +12,9 @@ from typing import Any
 
 import tornado.httpserver
 import tornado.httputil
+import tornado.iostream
+
+from .overflow import answer_overflows
 
 MAX_BODY = 1024 * 1024
 MAX_HEADERS = 16 * 1024
@@ -34,6 +37,10 @@ class DrainingHTTPServer(tornado.httpserver.HTTPServer):
     @property
     def in_flight(self) -> int:
         return len(self._busy)
+
+    def handle_stream(self, stream: tornado.iostream.IOStream, address: tuple[Any, ...]) -> None:
+        answer_overflows(stream)  # a header section over MAX_HEADERS gets a 431, not a silent close
+        super().handle_stream(stream, address)
 
     def start_request(
         self, server_conn: object, request_conn: tornado.httputil.HTTPConnection
