@@ -61,13 +61,24 @@ from .base import (
     Store,
     UserRow,
 )
+from .rows import (
+    CONN_COLS,
+    DELETION_COLS,
+    SESSION_COLS,
+    STATE_COLS,
+    USER_COLS,
+    by_id,
+    check_status,
+    connection,
+    insert,
+    one,
+)
 
 T = TypeVar("T")
 Conn = psycopg.Connection[Any]
 log = logging.getLogger("linkd.store.postgresql")
 
 _PING_TIMEOUT = 2.0
-_STATUSES = ("active", "reconnect")
 TABLES = ("sessions", "states", "users", "connections", "webhook_events", "deletions", "audit")
 # Errors worth another attempt: the transaction lost a race, not the argument.
 _RETRY = (
@@ -82,17 +93,6 @@ RESEALABLE: dict[str, tuple[str, tuple[str, ...]]] = {
     "sessions": ("id_hash", ("user_sealed",)),
     "states": ("state_hash", ("payload_sealed",)),
 }
-
-
-def _cols(cls: type) -> str:
-    return ", ".join(f.name for f in fields(cls))
-
-
-_SESSION_COLS = _cols(SessionRow)
-_STATE_COLS = _cols(StateRow)
-_USER_COLS = _cols(UserRow)
-_CONN_COLS = _cols(ConnectionRow)
-_DELETION_COLS = _cols(DeletionRow)
 
 
 class _Again(Exception):
@@ -375,7 +375,7 @@ class PostgreSQLStore(Store):
         hashes = list(id_hashes)
 
         def body(c: Conn) -> list[SessionRow]:
-            sql = f"SELECT {_SESSION_COLS} FROM sessions WHERE id_hash = ANY(%s)"
+            sql = f"SELECT {SESSION_COLS} FROM sessions WHERE id_hash = ANY(%s)"
             rows = [SessionRow(*r) for r in c.execute(sql, (hashes,))]
             expired = [r.id_hash for r in rows if r.expires_at <= now]
             if expired:
@@ -400,7 +400,7 @@ class PostgreSQLStore(Store):
         # One statement, hence one transaction: the old row goes exactly when the new one comes.
         sql = (
             "WITH gone AS (DELETE FROM sessions WHERE id_hash = %s) "
-            f"INSERT INTO sessions ({_SESSION_COLS}) VALUES (%s, %s, %s, %s)"
+            f"INSERT INTO sessions ({SESSION_COLS}) VALUES (%s, %s, %s, %s)"
         )
         await self._one_statement(
             sql, (old_hash, new.id_hash, new.user_sealed, new.created_at, new.expires_at)
@@ -413,7 +413,7 @@ class PostgreSQLStore(Store):
     async def consume_state(self, state_hashes: Sequence[str]) -> StateRow | None:
         if not state_hashes:
             return None
-        sql = f"DELETE FROM states WHERE state_hash = ANY(%s) RETURNING {_STATE_COLS}"
+        sql = f"DELETE FROM states WHERE state_hash = ANY(%s) RETURNING {STATE_COLS}"
         hashes = list(state_hashes)
         rows = await self._run(lambda c: c.execute(sql, (hashes,)).fetchall(), tx=False)
         return StateRow(*rows[0]) if rows else None
@@ -432,16 +432,16 @@ class PostgreSQLStore(Store):
     async def get_user(self, uuid_hashes: Sequence[str]) -> UserRow | None:
         if not uuid_hashes:
             return None
-        sql = f"SELECT {_USER_COLS} FROM users WHERE uuid_hash = ANY(%s) LIMIT 1"
+        sql = f"SELECT {USER_COLS} FROM users WHERE uuid_hash = ANY(%s) LIMIT 1"
         hashes = list(uuid_hashes)
-        return await self._run(lambda c: _one(UserRow, c.execute(sql, (hashes,))), tx=False)
+        return await self._run(lambda c: one(UserRow, c.execute(sql, (hashes,))), tx=False)
 
     async def get_user_by_id(self, user_id: str) -> UserRow | None:
-        sql = f"SELECT {_USER_COLS} FROM users WHERE id = %s"
-        return await self._run(lambda c: _one(UserRow, c.execute(sql, (user_id,))), tx=False)
+        sql = f"SELECT {USER_COLS} FROM users WHERE id = %s"
+        return await self._run(lambda c: one(UserRow, c.execute(sql, (user_id,))), tx=False)
 
     async def list_users(self, after_id: str = "", limit: int = 100) -> list[UserRow]:
-        sql = f"SELECT {_USER_COLS} FROM users WHERE id > %s ORDER BY id LIMIT %s"
+        sql = f"SELECT {USER_COLS} FROM users WHERE id > %s ORDER BY id LIMIT %s"
         return await self._run(lambda c: [UserRow(*r) for r in c.execute(sql, (after_id, limit))], tx=False)
 
     async def delete_user(self, user_id: str) -> list[ConnectionRow]:
@@ -452,8 +452,8 @@ class PostgreSQLStore(Store):
                 return []
             sql = "SELECT id FROM connections WHERE user_id = %s AND parent_id IS NULL"
             removed = _delete_ids(c, [r[0] for r in c.execute(sql, (user_id,))])
-            sql = f"DELETE FROM connections WHERE user_id = %s RETURNING {_CONN_COLS}"  # orphans, if any
-            removed += sorted(map(_row, c.execute(sql, (user_id,)).fetchall()), key=_by_id)
+            sql = f"DELETE FROM connections WHERE user_id = %s RETURNING {CONN_COLS}"  # orphans, if any
+            removed += sorted(map(connection, c.execute(sql, (user_id,)).fetchall()), key=by_id)
             c.execute("DELETE FROM users WHERE id = %s", (user_id,))
             return removed
 
@@ -463,10 +463,8 @@ class PostgreSQLStore(Store):
         return await self._run(lambda c: _connection(c, connection_id), tx=False)
 
     async def find_connection(self, provider: str, account_id: str) -> ConnectionRow | None:
-        sql = f"SELECT {_CONN_COLS} FROM connections WHERE provider = %s AND account_id = %s"
-        return await self._run(
-            lambda c: _one(ConnectionRow, c.execute(sql, (provider, account_id))), tx=False
-        )
+        sql = f"SELECT {CONN_COLS} FROM connections WHERE provider = %s AND account_id = %s"
+        return await self._run(lambda c: one(ConnectionRow, c.execute(sql, (provider, account_id))), tx=False)
 
     async def list_connections(self, flt: ConnectionFilter) -> list[ConnectionRow]:
         where, args = ["id > %s"], [flt.after_id]
@@ -475,7 +473,7 @@ class PostgreSQLStore(Store):
             if value is not None:
                 where.append(f"{column} = %s")
                 args.append(value)
-        sql = f"SELECT {_CONN_COLS} FROM connections WHERE {' AND '.join(where)} ORDER BY id LIMIT %s"
+        sql = f"SELECT {CONN_COLS} FROM connections WHERE {' AND '.join(where)} ORDER BY id LIMIT %s"
         args.append(flt.limit)
         return await self._run(lambda c: [ConnectionRow(*r) for r in c.execute(sql, args)], tx=False)
 
@@ -494,8 +492,7 @@ class PostgreSQLStore(Store):
         await self._one_statement(sql, (tokens_sealed, expires_at, refresh_expires_at, now, connection_id))
 
     async def set_status(self, connection_id: int, status: str, now: float) -> None:
-        if status not in _STATUSES:
-            raise ValueError(f"unknown connection status {status!r}")
+        check_status(status)
         sql = "UPDATE connections SET status = %s, updated_at = %s WHERE id = %s"
         await self._one_statement(sql, (status, now, connection_id))
 
@@ -540,8 +537,8 @@ class PostgreSQLStore(Store):
         await self._run(lambda c: _insert(c, "deletions", row), tx=False)
 
     async def get_deletion(self, provider: str, code: str) -> DeletionRow | None:
-        sql = f"SELECT {_DELETION_COLS} FROM deletions WHERE provider = %s AND code = %s"
-        return await self._run(lambda c: _one(DeletionRow, c.execute(sql, (provider, code))), tx=False)
+        sql = f"SELECT {DELETION_COLS} FROM deletions WHERE provider = %s AND code = %s"
+        return await self._run(lambda c: one(DeletionRow, c.execute(sql, (provider, code))), tx=False)
 
     async def record_audit(self, actor: str, action: str, connection_id: int | None, now: float) -> None:
         sql = "INSERT INTO audit (at, actor, action, connection_id) VALUES (%s, %s, %s, %s)"
@@ -578,13 +575,13 @@ class PostgreSQLStore(Store):
 
     # paging and key rotation (for `linkd rotate-secret`) ----------------------------------------------
     async def list_sessions(self, after_hash: str = "", limit: int = 100) -> list[SessionRow]:
-        sql = f"SELECT {_SESSION_COLS} FROM sessions WHERE id_hash > %s ORDER BY id_hash LIMIT %s"
+        sql = f"SELECT {SESSION_COLS} FROM sessions WHERE id_hash > %s ORDER BY id_hash LIMIT %s"
         return await self._run(
             lambda c: [SessionRow(*r) for r in c.execute(sql, (after_hash, limit))], tx=False
         )
 
     async def list_states(self, after_hash: str = "", limit: int = 100) -> list[StateRow]:
-        sql = f"SELECT {_STATE_COLS} FROM states WHERE state_hash > %s ORDER BY state_hash LIMIT %s"
+        sql = f"SELECT {STATE_COLS} FROM states WHERE state_hash > %s ORDER BY state_hash LIMIT %s"
         return await self._run(
             lambda c: [StateRow(*r) for r in c.execute(sql, (after_hash, limit))], tx=False
         )
@@ -618,10 +615,7 @@ class PostgreSQLStore(Store):
 
 # transaction bodies (run on a pool thread inside one transaction) -------------------------------------
 def _insert(c: Conn, table: str, row: Any) -> None:
-    names = [f.name for f in fields(row)]
-    values = [getattr(row, n) for n in names]
-    placeholders = ", ".join(["%s"] * len(values))
-    c.execute(f"INSERT INTO {table} ({', '.join(names)}) VALUES ({placeholders})", values)
+    c.execute(*insert(table, row, "%s"))
 
 
 def _scalar(c: Conn, sql: str, args: Sequence[Any] = ()) -> Any:
@@ -629,22 +623,9 @@ def _scalar(c: Conn, sql: str, args: Sequence[Any] = ()) -> Any:
     return row[0] if row is not None else None
 
 
-def _one(cls: Callable[..., T], cursor: psycopg.Cursor[Any]) -> T | None:
-    row = cursor.fetchone()
-    return cls(*row) if row is not None else None
-
-
-def _by_id(row: ConnectionRow) -> int:
-    return row.id
-
-
-def _row(values: Sequence[Any]) -> ConnectionRow:
-    return ConnectionRow(*values)
-
-
 def _connection(c: Conn, connection_id: int) -> ConnectionRow | None:
-    return _one(
-        ConnectionRow, c.execute(f"SELECT {_CONN_COLS} FROM connections WHERE id = %s", (connection_id,))
+    return one(
+        ConnectionRow, c.execute(f"SELECT {CONN_COLS} FROM connections WHERE id = %s", (connection_id,))
     )
 
 
@@ -653,13 +634,13 @@ def _delete_ids(c: Conn, ids: list[int]) -> list[ConnectionRow]:
     if not ids:
         return []
     children = c.execute(
-        f"DELETE FROM connections WHERE parent_id = ANY(%s) AND NOT id = ANY(%s) RETURNING {_CONN_COLS}",
+        f"DELETE FROM connections WHERE parent_id = ANY(%s) AND NOT id = ANY(%s) RETURNING {CONN_COLS}",
         (ids, ids),
     ).fetchall()
     parents = c.execute(
-        f"DELETE FROM connections WHERE id = ANY(%s) RETURNING {_CONN_COLS}", (ids,)
+        f"DELETE FROM connections WHERE id = ANY(%s) RETURNING {CONN_COLS}", (ids,)
     ).fetchall()
-    return sorted(map(_row, parents), key=_by_id) + sorted(map(_row, children), key=_by_id)
+    return sorted(map(connection, parents), key=by_id) + sorted(map(connection, children), key=by_id)
 
 
 _UPSERT = (
@@ -671,7 +652,7 @@ _UPSERT = (
     "profile_sealed = excluded.profile_sealed, scopes = excluded.scopes, status = 'active', "
     "expires_at = excluded.expires_at, refresh_expires_at = excluded.refresh_expires_at, "
     "updated_at = excluded.updated_at WHERE connections.user_id = excluded.user_id "
-    f"RETURNING {_CONN_COLS}, (xmax = 0) AS inserted"
+    f"RETURNING {CONN_COLS}, (xmax = 0) AS inserted"
 )
 # The account's owner and the session's user, in one round trip.
 _WHO = (
@@ -739,12 +720,12 @@ def _save_link(
     stale: list[Any] = []
     if not fresh:  # a row inserted just now has no older children to prune
         stale = c.execute(
-            f"DELETE FROM connections WHERE parent_id = %s AND NOT id = ANY(%s) RETURNING {_CONN_COLS}",
+            f"DELETE FROM connections WHERE parent_id = %s AND NOT id = ANY(%s) RETURNING {CONN_COLS}",
             (parent.id, list(rows)),
         ).fetchall()
     return LinkOutcome(
         user=user,
         created_user=created,
         connections=list(rows.values()),
-        removed=sorted(map(_row, stale), key=_by_id),
+        removed=sorted(map(connection, stale), key=by_id),
     )

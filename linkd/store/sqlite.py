@@ -2,7 +2,8 @@
 
 The pieces: `sqlite_engine.py` (connections, transactions and their retries, files and
 migrations: durability D1, contention D3, file modes D4 are explained there),
-`sqlite_tx.py` (the bodies of the multi-statement transactions) and
+`sqlite_tx.py` (the bodies of the multi-statement transactions), `rows.py` (column lists
+and row mapping, shared with PostgreSQL) and
 `sqlite_migrations.py` (the schema). This module is the `Store` interface in SQL.
 """
 
@@ -29,29 +30,24 @@ from .base import (
     Store,
     UserRow,
 )
-from .sqlite_engine import SQLiteEngine
-from .sqlite_tx import (
-    _CONN_COLS,
-    _DELETION_COLS,
-    _SESSION_COLS,
-    _STATE_COLS,
-    _USER_COLS,
-    Conn,
-    _by_id,
-    _connection,
-    _delete_ids,
-    _insert,
-    _one,
-    _qs,
-    _row,
-    _save_link,
+from .rows import (
+    CONN_COLS,
+    DELETION_COLS,
+    SESSION_COLS,
+    STATE_COLS,
+    USER_COLS,
+    by_id,
+    check_status,
+    connection,
+    one,
 )
+from .sqlite_engine import SQLiteEngine
+from .sqlite_tx import Conn, _connection, _delete_ids, _insert, _qs, _save_link
 
 _TABLES = {
     schema.SESSION: ("sessions", "states"),
     schema.TOKEN: ("users", "connections", "webhook_events", "deletions", "audit"),
 }
-_STATUSES = ("active", "reconnect")
 
 
 class SQLiteStore(SQLiteEngine, Store):
@@ -67,7 +63,7 @@ class SQLiteStore(SQLiteEngine, Store):
     async def get_session(self, id_hashes: Sequence[str], now: float) -> SessionRow | None:
         if not id_hashes:
             return None
-        sql = f"SELECT {_SESSION_COLS} FROM sessions WHERE id_hash IN ({_qs(id_hashes)})"
+        sql = f"SELECT {SESSION_COLS} FROM sessions WHERE id_hash IN ({_qs(id_hashes)})"
         rows = await self._read(schema.SESSION, lambda c: [SessionRow(*r) for r in c.execute(sql, id_hashes)])
         expired = [r.id_hash for r in rows if r.expires_at <= now]
         if expired:
@@ -93,7 +89,7 @@ class SQLiteStore(SQLiteEngine, Store):
     async def consume_state(self, state_hashes: Sequence[str]) -> StateRow | None:
         if not state_hashes:
             return None
-        sql = f"DELETE FROM states WHERE state_hash IN ({_qs(state_hashes)}) RETURNING {_STATE_COLS}"
+        sql = f"DELETE FROM states WHERE state_hash IN ({_qs(state_hashes)}) RETURNING {STATE_COLS}"
         rows = await self._write(schema.SESSION, lambda c: c.execute(sql, state_hashes).fetchall())
         return StateRow(*rows[0]) if rows else None
 
@@ -112,15 +108,15 @@ class SQLiteStore(SQLiteEngine, Store):
     async def get_user(self, uuid_hashes: Sequence[str]) -> UserRow | None:
         if not uuid_hashes:
             return None
-        sql = f"SELECT {_USER_COLS} FROM users WHERE uuid_hash IN ({_qs(uuid_hashes)}) LIMIT 1"
-        return await self._read(schema.TOKEN, lambda c: _one(UserRow, c.execute(sql, uuid_hashes)))
+        sql = f"SELECT {USER_COLS} FROM users WHERE uuid_hash IN ({_qs(uuid_hashes)}) LIMIT 1"
+        return await self._read(schema.TOKEN, lambda c: one(UserRow, c.execute(sql, uuid_hashes)))
 
     async def get_user_by_id(self, user_id: str) -> UserRow | None:
-        sql = f"SELECT {_USER_COLS} FROM users WHERE id = ?"
-        return await self._read(schema.TOKEN, lambda c: _one(UserRow, c.execute(sql, (user_id,))))
+        sql = f"SELECT {USER_COLS} FROM users WHERE id = ?"
+        return await self._read(schema.TOKEN, lambda c: one(UserRow, c.execute(sql, (user_id,))))
 
     async def list_users(self, after_id: str = "", limit: int = 100) -> list[UserRow]:
-        sql = f"SELECT {_USER_COLS} FROM users WHERE id > ? ORDER BY id LIMIT ?"
+        sql = f"SELECT {USER_COLS} FROM users WHERE id > ? ORDER BY id LIMIT ?"
         return await self._read(
             schema.TOKEN, lambda c: [UserRow(*r) for r in c.execute(sql, (after_id, limit))]
         )
@@ -129,8 +125,8 @@ class SQLiteStore(SQLiteEngine, Store):
         def tx(c: Conn) -> list[ConnectionRow]:
             sql = "SELECT id FROM connections WHERE user_id = ? AND parent_id IS NULL"
             removed = _delete_ids(c, [r[0] for r in c.execute(sql, (user_id,))])
-            sql = f"DELETE FROM connections WHERE user_id = ? RETURNING {_CONN_COLS}"  # orphans, if any
-            removed += sorted(map(_row, c.execute(sql, (user_id,)).fetchall()), key=_by_id)
+            sql = f"DELETE FROM connections WHERE user_id = ? RETURNING {CONN_COLS}"  # orphans, if any
+            removed += sorted(map(connection, c.execute(sql, (user_id,)).fetchall()), key=by_id)
             c.execute("DELETE FROM users WHERE id = ?", (user_id,))
             return removed
 
@@ -140,9 +136,9 @@ class SQLiteStore(SQLiteEngine, Store):
         return await self._read(schema.TOKEN, lambda c: _connection(c, connection_id))
 
     async def find_connection(self, provider: str, account_id: str) -> ConnectionRow | None:
-        sql = f"SELECT {_CONN_COLS} FROM connections WHERE provider = ? AND account_id = ?"
+        sql = f"SELECT {CONN_COLS} FROM connections WHERE provider = ? AND account_id = ?"
         return await self._read(
-            schema.TOKEN, lambda c: _one(ConnectionRow, c.execute(sql, (provider, account_id)))
+            schema.TOKEN, lambda c: one(ConnectionRow, c.execute(sql, (provider, account_id)))
         )
 
     async def list_connections(self, flt: ConnectionFilter) -> list[ConnectionRow]:
@@ -152,7 +148,7 @@ class SQLiteStore(SQLiteEngine, Store):
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
-        sql = f"SELECT {_CONN_COLS} FROM connections WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
+        sql = f"SELECT {CONN_COLS} FROM connections WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
         args.append(flt.limit)
         return await self._read(schema.TOKEN, lambda c: [ConnectionRow(*r) for r in c.execute(sql, args)])
 
@@ -172,8 +168,7 @@ class SQLiteStore(SQLiteEngine, Store):
         await self._write(schema.TOKEN, lambda c: c.execute(sql, args))
 
     async def set_status(self, connection_id: int, status: str, now: float) -> None:
-        if status not in _STATUSES:
-            raise ValueError(f"unknown connection status {status!r}")
+        check_status(status)
         sql = "UPDATE connections SET status = ?, updated_at = ? WHERE id = ?"
         await self._write(schema.TOKEN, lambda c: c.execute(sql, (status, now, connection_id)))
 
@@ -224,8 +219,8 @@ class SQLiteStore(SQLiteEngine, Store):
         await self._write(schema.TOKEN, lambda c: _insert(c, "deletions", row))
 
     async def get_deletion(self, provider: str, code: str) -> DeletionRow | None:
-        sql = f"SELECT {_DELETION_COLS} FROM deletions WHERE provider = ? AND code = ?"
-        return await self._read(schema.TOKEN, lambda c: _one(DeletionRow, c.execute(sql, (provider, code))))
+        sql = f"SELECT {DELETION_COLS} FROM deletions WHERE provider = ? AND code = ?"
+        return await self._read(schema.TOKEN, lambda c: one(DeletionRow, c.execute(sql, (provider, code))))
 
     async def record_audit(self, actor: str, action: str, connection_id: int | None, now: float) -> None:
         sql = "INSERT INTO audit (at, actor, action, connection_id) VALUES (?, ?, ?, ?)"
@@ -241,13 +236,13 @@ class SQLiteStore(SQLiteEngine, Store):
 
     # key rotation ---------------------------------------------------------------------------------
     async def list_sessions(self, after_hash: str = "", limit: int = 100) -> list[SessionRow]:
-        sql = f"SELECT {_SESSION_COLS} FROM sessions WHERE id_hash > ? ORDER BY id_hash LIMIT ?"
+        sql = f"SELECT {SESSION_COLS} FROM sessions WHERE id_hash > ? ORDER BY id_hash LIMIT ?"
         return await self._read(
             schema.SESSION, lambda c: [SessionRow(*r) for r in c.execute(sql, (after_hash, limit))]
         )
 
     async def list_states(self, after_hash: str = "", limit: int = 100) -> list[StateRow]:
-        sql = f"SELECT {_STATE_COLS} FROM states WHERE state_hash > ? ORDER BY state_hash LIMIT ?"
+        sql = f"SELECT {STATE_COLS} FROM states WHERE state_hash > ? ORDER BY state_hash LIMIT ?"
         return await self._read(
             schema.SESSION, lambda c: [StateRow(*r) for r in c.execute(sql, (after_hash, limit))]
         )

@@ -8,26 +8,15 @@ Each runs inside the one transaction `SQLiteEngine` opened, inline or on a pool 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Sequence
-from dataclasses import fields
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from ..errors import AccountConflict, SessionRequired
-from .base import ConnectionRow, ConnectionWrite, DeletionRow, LinkOutcome, SessionRow, StateRow, UserRow
+from .base import ConnectionRow, ConnectionWrite, LinkOutcome, UserRow
+from .rows import CONN_COLS, USER_COLS, by_id, connection, insert, one
 
 T = TypeVar("T")
 Conn = sqlite3.Connection
-
-
-def _cols(cls: type) -> str:
-    return ", ".join(f.name for f in fields(cls))
-
-
-_SESSION_COLS = _cols(SessionRow)
-_STATE_COLS = _cols(StateRow)
-_USER_COLS = _cols(UserRow)
-_CONN_COLS = _cols(ConnectionRow)
-_DELETION_COLS = _cols(DeletionRow)
 
 
 def _qs(values: Sequence[Any]) -> str:
@@ -35,23 +24,12 @@ def _qs(values: Sequence[Any]) -> str:
 
 
 def _insert(c: Conn, table: str, row: Any) -> None:
-    names = [f.name for f in fields(row)]
-    values = [getattr(row, n) for n in names]
-    c.execute(f"INSERT INTO {table} ({', '.join(names)}) VALUES ({_qs(values)})", values)
-
-
-def _one(cls: Callable[..., T], cursor: sqlite3.Cursor) -> T | None:
-    row = cursor.fetchone()
-    return cls(*row) if row is not None else None
-
-
-def _by_id(row: ConnectionRow) -> int:
-    return row.id
+    c.execute(*insert(table, row, "?"))
 
 
 def _connection(c: Conn, connection_id: int) -> ConnectionRow | None:
-    return _one(
-        ConnectionRow, c.execute(f"SELECT {_CONN_COLS} FROM connections WHERE id = ?", (connection_id,))
+    return one(
+        ConnectionRow, c.execute(f"SELECT {CONN_COLS} FROM connections WHERE id = ?", (connection_id,))
     )
 
 
@@ -61,17 +39,13 @@ def _delete_ids(c: Conn, ids: list[int]) -> list[ConnectionRow]:
         return []
     children = c.execute(
         f"DELETE FROM connections WHERE parent_id IN ({_qs(ids)}) AND id NOT IN ({_qs(ids)}) "
-        f"RETURNING {_CONN_COLS}",
+        f"RETURNING {CONN_COLS}",
         [*ids, *ids],
     ).fetchall()
     parents = c.execute(
-        f"DELETE FROM connections WHERE id IN ({_qs(ids)}) RETURNING {_CONN_COLS}", ids
+        f"DELETE FROM connections WHERE id IN ({_qs(ids)}) RETURNING {CONN_COLS}", ids
     ).fetchall()
-    return sorted(map(_row, parents), key=_by_id) + sorted(map(_row, children), key=_by_id)
-
-
-def _row(values: Sequence[Any]) -> ConnectionRow:
-    return ConnectionRow(*values)
+    return sorted(map(connection, parents), key=by_id) + sorted(map(connection, children), key=by_id)
 
 
 def _upsert(c: Conn, w: ConnectionWrite, user_id: str, parent_id: int | None, now: float) -> int:
@@ -103,13 +77,13 @@ def _save_link(
     owner_id = _owner(c, account.provider, account.account_id)
     session_user = None
     if hashes:
-        sql = f"SELECT {_USER_COLS} FROM users WHERE uuid_hash IN ({_qs(hashes)}) LIMIT 1"
-        session_user = _one(UserRow, c.execute(sql, list(hashes)))
+        sql = f"SELECT {USER_COLS} FROM users WHERE uuid_hash IN ({_qs(hashes)}) LIMIT 1"
+        session_user = one(UserRow, c.execute(sql, list(hashes)))
     if owner_id is not None and session_user is not None and owner_id != session_user.id:
         raise AccountConflict()
     created = False
     if owner_id is not None:
-        user = _one(UserRow, c.execute(f"SELECT {_USER_COLS} FROM users WHERE id = ?", (owner_id,)))
+        user = one(UserRow, c.execute(f"SELECT {USER_COLS} FROM users WHERE id = ?", (owner_id,)))
         assert user is not None  # the foreign key guarantees it
     elif session_user is not None:
         user = session_user
@@ -130,7 +104,7 @@ def _save_link(
         if child_id not in ids:
             ids.append(child_id)
     stale = c.execute(
-        f"DELETE FROM connections WHERE parent_id = ? AND id NOT IN ({_qs(ids)}) RETURNING {_CONN_COLS}",
+        f"DELETE FROM connections WHERE parent_id = ? AND id NOT IN ({_qs(ids)}) RETURNING {CONN_COLS}",
         [primary_id, *ids],
     ).fetchall()
     rows = [_connection(c, i) for i in ids]
@@ -138,5 +112,5 @@ def _save_link(
         user=user,
         created_user=created,
         connections=[r for r in rows if r is not None],
-        removed=sorted(map(_row, stale), key=_by_id),
+        removed=sorted(map(connection, stale), key=by_id),
     )
