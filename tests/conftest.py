@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sqlite3
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from linkd.service import Services, build_services
 from linkd.web import make_app
 
 from .browser import Browser
+from .processes import clean_env
 from .servers import ServerThread, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,11 +91,7 @@ def world(make_world: Any) -> World:
 
 def linkd_cli(*args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None, timeout: float = 60):
     """Run the installed `linkd` command as a user would."""
-    full_env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("LINKD_", "STATE_TOKEN", "SHOPIFY_", "FACEBOOK_"))
-    }
+    full_env = clean_env()
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "linkd", *args],

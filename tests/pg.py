@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from .processes import clean_env
 from .servers import free_port
 
 PASSWORD = "pw-" + uuid.uuid4().hex  # never checked (trust auth); tests assert it is never shown
@@ -209,7 +210,7 @@ class PostgresServer:
 
 
 def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith(("PG", "LINKD_", "STATE_TOKEN"))}
+    return clean_env("PG")
 
 
 _server: PostgresServer | None = None

@@ -15,6 +15,26 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 
+# linkd's settings (the built-in providers' included) and the systemd variables a test runner
+# may carry: a child linkd must read only what its test hands it.
+LINKD_PREFIXES = (
+    "LINKD_",
+    "STATE_TOKEN",
+    "SHOPIFY_",
+    "FACEBOOK_",
+    "EXAMPLE_",
+    "SESSION_DB",
+    "TOKEN_DB",
+    "NOTIFY_",
+    "WATCHDOG_",
+    "LISTEN_",
+)
+
+
+def clean_env(*also: str) -> dict[str, str]:
+    """This process's environment without linkd's settings (and without names starting with `also`)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith((*LINKD_PREFIXES, *also))}
+
 
 def write_env_file(path: Path, values: Mapping[str, str]) -> Path:
     path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
@@ -41,7 +61,7 @@ def start_linkd(
     env_file: Path, port: int, *extra: str, stderr: object = subprocess.DEVNULL
 ) -> subprocess.Popen[bytes]:
     """`linkd serve` in its own process group, secrets only in the env file (never the environment)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LINKD_", "STATE_TOKEN", "EXAMPLE_"))}
+    env = clean_env()
     proc = subprocess.Popen(
         [sys.executable, "-m", "linkd", "serve", "--env-file", str(env_file), "--port", str(port), *extra],
         env=env,

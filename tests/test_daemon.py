@@ -35,20 +35,10 @@ from linkd.logs import redact, register_secret
 from linkd.systemd import Notifier, listen_sockets, watchdog_interval
 
 from .browser import Browser, Response
-from .processes import NotifySocket, alive, children_of
+from .processes import NotifySocket, alive, children_of, clean_env
 from .servers import ServerThread, free_port
 
 START_TIMEOUT = 20.0
-CLEAN_PREFIXES = (
-    "LINKD_",
-    "STATE_TOKEN",
-    "SHOPIFY_",
-    "FACEBOOK_",
-    "EXAMPLE_",
-    "NOTIFY_",
-    "WATCHDOG_",
-    "LISTEN_",
-)
 
 
 # -- the fake platform ------------------------------------------------------------------------------
@@ -179,7 +169,7 @@ def start(tmp_path: Path, fake: Fake) -> Iterator[Callable[..., Daemon]]:
         env_file = tmp_path / f"linkd-{n}.env"
         env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
         env_file.chmod(0o600)
-        process_env = {k: v for k, v in os.environ.items() if not k.startswith(CLEAN_PREFIXES)}
+        process_env = clean_env()
         process_env.update(env or {})
         process_env["_PORT"] = str(port)
         argv = [*(wrapper or []), sys.executable, "-m", "linkd", "serve", "--env-file", str(env_file)]
@@ -350,6 +340,16 @@ def in_background(fn: Callable[[], Any]) -> tuple[threading.Thread, list[Any]]:
     return thread, result
 
 
+def released_answer(fake: Fake, thread: threading.Thread, result: list[Any]) -> Response:
+    """Let the held token call finish; the in-flight request's answer, which must be a 200."""
+    fake.release.set()
+    thread.join(10)
+    (response,) = result
+    assert isinstance(response, Response), response
+    assert response.status == 200, response.text
+    return response
+
+
 def test_sigterm_lets_an_in_flight_connect_finish(
     start: Callable[..., Daemon], notify: NotifySocket, fake: Fake
 ) -> None:
@@ -378,11 +378,7 @@ def test_sigterm_lets_an_in_flight_connect_finish(
     idle.close()
     assert daemon.proc.poll() is None  # still waiting for the request in flight
 
-    fake.release.set()
-    thread.join(10)
-    (response,) = result
-    assert isinstance(response, Response), response
-    assert response.status == 200, response.text
+    response = released_answer(fake, thread, result)
     assert response.json()["provider"] == "example"
     assert daemon.proc.wait(10) == 0
     assert time.monotonic() - terminated < 5
@@ -547,11 +543,7 @@ def test_the_api_port_serves_the_api_only_the_main_port_everything_else_and_both
     assert not accepts(api_port) and not accepts(daemon.port)
     assert daemon.proc.poll() is None  # still waiting for the request in flight
 
-    fake.release.set()
-    thread.join(10)
-    (response,) = result
-    assert isinstance(response, Response), response
-    assert response.status == 200, response.text
+    response = released_answer(fake, thread, result)
     assert response.json()["access_token"] in fake.state.minted
     assert daemon.proc.wait(10) == 0
     log = daemon.log()

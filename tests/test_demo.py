@@ -25,7 +25,7 @@ from linkd.demo import mount_sandboxes
 from linkd.plugins import get_plugin_manager
 
 from .browser import Browser
-from .processes import start_linkd, stop, wait_healthy, write_env_file
+from .processes import clean_env, start_linkd, stop, wait_healthy, write_env_file
 from .servers import free_port
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -81,11 +81,7 @@ class Demo:
 
 def start_demo(*args: str, port: int | None = None) -> Demo:
     """`python -m linkd demo --port N` with none of the caller's linkd settings in its environment."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("LINKD_", "STATE_TOKEN", "SHOPIFY_", "FACEBOOK_", "EXAMPLE_"))
-    }
+    env = clean_env()
     started = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "linkd", "demo", "--port", str(port or free_port()), *args],

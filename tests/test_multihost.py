@@ -41,7 +41,7 @@ from .browser import Browser
 from .conftest import linkd_cli
 from .flows import to_callback
 from .pg import PASSWORD, PostgresServer, pg_server_fixture, pg_url_fixture  # noqa: F401 -- fixtures
-from .processes import start_linkd, stop, wait_healthy, write_env_file
+from .processes import clean_env, start_linkd, stop, wait_healthy, write_env_file
 from .servers import ServerThread, free_port
 from .test_store import account, new_user, session_row, state_row
 
@@ -91,7 +91,7 @@ def release_together(procs: list[subprocess.Popen[str]]) -> None:
 
 
 def python(script: str, *args: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LINKD_", "STATE_TOKEN", "EXAMPLE_"))}
+    env = clean_env()
     return subprocess.Popen(
         [sys.executable, "-c", script, *args],
         stdin=subprocess.PIPE,

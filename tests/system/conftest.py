@@ -34,23 +34,11 @@ from providers.shopify import ShopifyProvider
 
 from ..browser import Browser, Response
 from ..flows import to_callback
-from ..processes import NotifySocket, alive, children_of, rss_kb, wait_healthy
+from ..processes import NotifySocket, alive, children_of, clean_env, rss_kb, wait_healthy
 from ..servers import ServerThread, free_port
 
 HERE = Path(__file__).resolve().parent
 START_TIMEOUT = 30.0
-CLEAN_PREFIXES = (
-    "LINKD_",
-    "STATE_TOKEN",
-    "SHOPIFY_",
-    "FACEBOOK_",
-    "EXAMPLE_",
-    "SESSION_DB",
-    "TOKEN_DB",
-    "NOTIFY_",
-    "WATCHDOG_",
-    "LISTEN_",
-)
 PREFIXES = {"example": "/ex", "shopify": "/shopify", "facebook": "/facebook"}
 
 
@@ -178,7 +166,7 @@ class Linkd:
         return self.values["LINKD_API_TOKEN"]
 
     def start(self) -> Linkd:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(CLEAN_PREFIXES)}
+        env = clean_env()
         env["NOTIFY_SOCKET"] = self.notify.address
         mark = self.notify.mark()
         argv = [sys.executable, "-m", "linkd", "serve", "--env-file", str(self.env_file)]
