@@ -16,10 +16,9 @@ import base64
 import hashlib
 import hmac
 import secrets
-import signal
 
-import tornado.httpserver
 import tornado.web
+from serving import serve_until_stopped
 
 KEY = secrets.token_bytes(32)
 
@@ -43,13 +42,7 @@ async def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     routes = [(r"/", Hello), (r"/healthz", Hello), (r"/facebook/login", SignedRedirect)]
-    server = tornado.httpserver.HTTPServer(tornado.web.Application(routes))
-    server.listen(args.port, "127.0.0.1")
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    await stop.wait()
-    server.stop()
+    await serve_until_stopped(tornado.web.Application(routes), args.port)
 
 
 if __name__ == "__main__":

@@ -27,15 +27,14 @@ import argparse
 import asyncio
 import itertools
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, when run from anywhere
 
-import tornado.httpserver
 import tornado.web
+from serving import serve_until_stopped
 
 from providers.facebook import FacebookProvider
 from providers.facebook_sandbox import SandboxPage, SandboxUser
@@ -141,14 +140,7 @@ async def main() -> None:
     args = parser.parse_args()
     base_url = f"http://127.0.0.1:{args.port}"
     app, settings = build(base_url)
-    server = tornado.httpserver.HTTPServer(app)
-    server.listen(args.port, "127.0.0.1")
-    print("READY " + json.dumps(settings), flush=True)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    await stop.wait()
-    server.stop()
+    await serve_until_stopped(app, args.port, "READY " + json.dumps(settings))
 
 
 if __name__ == "__main__":

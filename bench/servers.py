@@ -152,17 +152,9 @@ def start_linkd(
     if src is not None:
         env["PYTHONPATH"] = str(src)
         command = [PYTHON, "-m", "linkd"]
-    server = spawn(
-        name,
-        [*command, "serve", "--env-file", str(env_file)],
-        url=f"http://127.0.0.1:{port}",
-        log_path=workdir / f"{name}.log",
-        cpu=cpu,
-        env=env,
-        cwd=workdir,
+    return _start(
+        name, [*command, "serve", "--env-file", str(env_file)], port, workdir, cpu, LINKD.ready_path, env
     )
-    server.wait_ready(LINKD.ready_path)
-    return server
 
 
 def start_peer(
@@ -189,30 +181,38 @@ def start_peer(
     )
     if shared_client:
         env["SEED_SHARED_HTTP_CLIENT"] = "1"
-    server = spawn(
-        kind.name,
-        [str(peer_dir / "run_peer.sh"), str(port)],
-        url=f"http://127.0.0.1:{port}",
-        log_path=workdir / f"{kind.name}.log",
-        cpu=cpu,
-        env=env,
-        cwd=workdir,
+    return _start(
+        kind.name, [str(peer_dir / "run_peer.sh"), str(port)], port, workdir, cpu, kind.ready_path, env
     )
-    server.wait_ready(kind.ready_path)
-    return server
 
 
 def start_ceiling(workdir: Path, kind: Kind, cpu: str | None) -> Server:
     port = free_port()
     which = "hello" if kind is HELLO else "redirect"
+    cmd = [PYTHON, str(BENCH / "ceiling_server.py"), which, "--port", str(port)]
+    return _start(kind.name, cmd, port, workdir, cpu, kind.ready_path)
+
+
+def _start(
+    name: str,
+    cmd: list[str],
+    port: int,
+    workdir: Path,
+    cpu: str | None,
+    ready_path: str,
+    env: dict[str, str] | None = None,
+) -> Server:
+    """A server under test on 127.0.0.1:`port`, logging to `workdir/NAME.log`, once it answers."""
     server = spawn(
-        kind.name,
-        [PYTHON, str(BENCH / "ceiling_server.py"), which, "--port", str(port)],
+        name,
+        cmd,
         url=f"http://127.0.0.1:{port}",
-        log_path=workdir / f"{kind.name}.log",
+        log_path=workdir / f"{name}.log",
         cpu=cpu,
+        env=env,
+        cwd=workdir,
     )
-    server.wait_ready(kind.ready_path)
+    server.wait_ready(ready_path)
     return server
 
 
